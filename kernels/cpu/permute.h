@@ -1,0 +1,32 @@
+// Token dispatch by expert: assignment of each (token, choice) to a row of an expert-contiguous
+// buffer under a per-expert capacity, and the permute / un-permute copies. Capacity is filled choice
+// by choice (every token's first choice before any second choice), tokens in order, so which tokens
+// are dropped is deterministic and the most important choices are kept first (GShard/Tutel order).
+#pragma once
+#include <cstdint>
+
+namespace scmoe::cpu {
+
+// capacity: rows per expert (use N*k for dropless). Writes pos[N*k] (row in the expert buffer, or -1
+// when dropped), counts[E] (rows used per expert), offsets[E+1] (exclusive prefix sum of counts).
+// Returns the number of dropped assignments.
+int64_t dispatch_plan(const int32_t* topk_idx, int N, int k, int E, int64_t capacity, int32_t* pos,
+                      int64_t* counts, int64_t* offsets);
+
+// xe[pos[n*k+j]] = x[n] for every kept assignment. xe has offsets[E] rows of C.
+template <class T>
+void permute_forward(T* xe, const T* x, const int32_t* pos, int N, int k, int C);
+// dx[n] (+)= sum_j dxe[pos[n*k+j]] over kept assignments. Parallel over tokens: deterministic.
+template <class T>
+void permute_backward(T* dx, const T* dxe, const int32_t* pos, int N, int k, int C, bool accumulate);
+
+// y[n] = sum_j gate[n,j] * ye[pos[n*k+j]] (dropped assignments contribute nothing).
+template <class T>
+void combine_forward(T* y, const T* ye, const T* gate, const int32_t* pos, int N, int k, int C);
+// dye[pos] = gate * dy[n] (rows of no assignment untouched: the buffer holds exactly the kept rows);
+// dgate[n,j] = dot(dy[n], ye[pos]) or 0 when dropped.
+template <class T>
+void combine_backward(T* dye, T* dgate, const T* dy, const T* ye, const T* gate, const int32_t* pos, int N,
+                      int k, int C);
+
+}  // namespace scmoe::cpu

@@ -1,0 +1,79 @@
+// The GPT decoder: embeddings, n_layer pre-norm blocks, final norm, tied output head, cross-entropy.
+// Parameters and gradients are each one contiguous buffer; activations live in an arena sized for a
+// fixed micro-batch at construction. Forward and backward are hand-written; T is float or double.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/arena.h"
+#include "core/rng.h"
+#include "model/block.h"
+#include "model/params.h"
+#include "train/config.h"
+
+namespace scmoe {
+
+template <class T>
+class GPT {
+ public:
+  GPT(const Config& cfg, int micro_batch);
+
+  // Deterministic initialisation: each tensor draws from its own stream seeded by (seed, name), so
+  // adding a tensor never changes the others.
+  void init(uint64_t seed);
+
+  // Runs the forward pass on B x T tokens. With targets, returns the mean cross-entropy; when
+  // grad_scale > 0 it also prepares the output gradient (dL/dlogits * grad_scale) for backward().
+  // `rng` draws gate noise (training only; nullptr disables it).
+  double forward(const int32_t* inputs, const int32_t* targets, T grad_scale, Rng* rng = nullptr);
+  // Accumulates parameter gradients of (grad_scale * loss) into grads(). Call after forward().
+  void backward();
+  void zero_grad();
+
+  const ParamTable& table() const { return table_; }
+  T* params() { return params_.data(); }
+  T* grads() { return grads_.data(); }
+  size_t num_params() const { return table_.count(); }
+  size_t activation_bytes() const { return arena_.bytes(); }
+  int micro_batch() const { return B_; }
+  const ModelConfig& model_config() const { return mc_; }
+  std::vector<Block<T>>& blocks() { return blocks_; }
+
+  // Auxiliary losses (coefficient-weighted router balance + z-loss) of the last forward, summed over
+  // MoE layers; they are part of the training objective but not of the reported cross-entropy.
+  double aux_loss() const;
+  // (layer index, statistics of its last forward) for every MoE layer.
+  std::vector<std::pair<int, const MoeStats*>> moe_stats() const;
+
+ private:
+  void alloc_activations(Arena& a);
+
+  ModelConfig mc_;
+  int B_, Tn_, C_, V_;
+  ParamTable table_;
+  std::vector<T> params_, grads_;
+  size_t wte_off_ = 0, wpe_off_ = 0;
+  // Where each block's routed branch reads its input: a block's u (LN2 output) or the normalised
+  // input of a block (the model runs that norm, owned by the MoE block, before the block).
+  enum class TapKind { none, u, norm_of_input };
+  struct Tap {
+    TapKind kind = TapKind::none;
+    int src = -1;
+  };
+  std::vector<Block<T>> blocks_;
+  std::vector<Tap> taps_;
+  Norm<T> lnf_;
+  Arena arena_;
+  GradScratch<T> scratch_;
+  const int32_t* inputs_ = nullptr;
+  std::vector<T*> resid_;      // resid_[l]: input of block l; resid_[L]: output of the last block
+  T *lnf_out_ = nullptr, *logits_ = nullptr, *losses_ = nullptr, *dresid_ = nullptr;
+  T grad_scale_ = 0;
+};
+
+extern template class GPT<float>;
+extern template class GPT<double>;
+
+}  // namespace scmoe

@@ -1,0 +1,114 @@
+// The run configuration: one struct, built from defaults, a YAML file and --set overrides, every key
+// validated against a single schema table (which also generates docs/config.md).
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace scmoe {
+
+struct ModelConfig {
+  std::string arch = "dense";  // dense | moe | shared_expert | scmoe
+  int n_layer = 4;
+  int d_model = 128;
+  int n_head = 4;
+  int d_ff = 512;      // MLP hidden size; also the hidden size of every expert and of the shared expert
+  int seq_len = 128;
+  int vocab_size = 256;
+  std::string norm = "layernorm";  // layernorm | rmsnorm
+  double init_std = 0.02;
+};
+
+struct MoeConfig {
+  int num_experts = 8;
+  int top_k = 2;               // routed experts per token (moe: 2, scmoe/shared_expert use 1 unless set)
+  int every = 2;               // an MoE layer every `every` blocks (the last of each group)
+  double capacity_factor = 2.0;  // <= 0: dropless
+  double aux_loss_coef = 0.01;
+  double z_loss_coef = 0.0;
+  bool gate_noise = false;
+  bool renormalize = true;     // renormalise the top-k probabilities when k > 1
+};
+
+struct ScmoeConfig {
+  int position = 2;                 // 1 | 2 | 3
+  std::string combine = "cg1";      // add | cg1 | cg2
+  std::string expert_slot = "auto"; // auto | 1 | 2 | 3 | 4
+};
+
+struct OptimConfig {
+  double lr = 1e-3;
+  double weight_decay = 0.1;
+  double beta1 = 0.9;
+  double beta2 = 0.95;
+  double eps = 1e-8;
+  double grad_clip = 1.0;       // <= 0 disables clipping
+  int warmup_steps = 100;
+  std::string schedule = "cosine";  // cosine | linear | constant
+  int decay_steps = 0;          // 0: train.max_steps
+  double min_lr = 1e-4;
+};
+
+struct TrainConfig {
+  int max_steps = 1000;
+  int batch_size = 8;           // sequences per rank per micro-step
+  int grad_accum = 1;           // micro-steps per optimizer step (derived when global_batch_tokens > 0)
+  int64_t global_batch_tokens = 0;  // 0: batch_size * seq_len * world_size * grad_accum
+  uint64_t seed = 1337;
+  std::string device = "auto";  // auto | cpu | cuda
+  std::string precision = "fp32";   // fp32 | bf16 (bf16: cuda only)
+  std::string dtype = "float32";    // CPU compute type: float32 | float64
+  std::string out_dir = "runs/quickstart";
+  int log_every = 1;
+  int eval_every = 100;         // 0: only at the end
+  int eval_batches = 8;
+  int threads = 0;              // OpenMP threads; 0: library default
+};
+
+struct DataConfig {
+  std::string train = "data/tinyshakespeare/train_*.bin";
+  std::string val = "data/tinyshakespeare/val_*.bin";
+  bool shuffle = true;          // shuffle the order of training windows each epoch (seeded)
+};
+
+struct CheckpointConfig {
+  int every = 500;   // 0: only at the end and on signals
+  int keep = 3;      // keep the last K checkpoints (>= 1)
+};
+
+struct SimulateLinkConfig {
+  double bandwidth_gb_s = 0.0;  // 0: no simulated link
+  double latency_us = 0.0;
+};
+
+struct CommConfig {
+  SimulateLinkConfig simulate_link;
+};
+
+struct Config {
+  ModelConfig model;
+  MoeConfig moe;
+  ScmoeConfig scmoe;
+  OptimConfig optim;
+  TrainConfig train;
+  DataConfig data;
+  CheckpointConfig checkpoint;
+  CommConfig comm;
+};
+
+// Loads `path` (may be empty: defaults only) then applies each "a.b=c" override in order (last wins).
+// Throws scmoe::Error naming the file (or "--set"), the key path and what was expected; unknown keys
+// get a "did you mean ..." suggestion. Cross-key checks (d_model % n_head, ...) run at the end.
+Config load_config(const std::string& path, const std::vector<std::string>& overrides);
+
+// Parses YAML text (for tests and the fuzzer); `origin` names the source in error messages.
+Config parse_config_text(const std::string& yaml_text, const std::string& origin,
+                         const std::vector<std::string>& overrides = {});
+
+// The resolved config as YAML (every key, printed at start and saved with checkpoints).
+std::string config_to_yaml(const Config& c);
+
+// Markdown table of every key: key, type, default, allowed values, meaning (docs/config.md).
+std::string config_reference_markdown();
+
+}  // namespace scmoe

@@ -1,0 +1,257 @@
+// The training loop (see trainer.h).
+#include "train/trainer.h"
+
+#include <omp.h>
+
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+
+#include "core/device.h"
+#include "core/log.h"
+#include "core/rng.h"
+#include "data/loader.h"
+#include "model/gpt.h"
+#include "optim/adamw.h"
+#include "optim/schedule.h"
+#include "train/checkpoint.h"
+#include "train/checkpoint_dir.h"
+#include "train/metrics.h"
+
+namespace fs = std::filesystem;
+
+namespace scmoe {
+
+namespace {
+
+volatile std::sig_atomic_t g_stop_signal = 0;
+
+void on_stop_signal(int sig) { g_stop_signal = sig; }
+
+double now_ms() {
+  using namespace std::chrono;
+  return duration<double, std::milli>(steady_clock::now().time_since_epoch()).count();
+}
+
+std::string format_eta(double seconds) {
+  char buf[32];
+  long s = long(seconds);
+  if (s >= 3600) std::snprintf(buf, sizeof buf, "%ldh%02ldm", s / 3600, (s / 60) % 60);
+  else std::snprintf(buf, sizeof buf, "%ldm%02lds", s / 60, s % 60);
+  return buf;
+}
+
+void write_text_file(const std::string& path, const std::string& text) {
+  std::ofstream f(path);
+  f << text;
+  f.flush();
+  SCMOE_CHECK_IO(f.good(), path, "cannot write");
+}
+
+template <class T>
+class Trainer {
+ public:
+  Trainer(const Config& cfg, const RunOptions& opt) : cfg_(cfg), opt_(opt) {}
+  int run();
+
+ private:
+  void setup();
+  void resume_from(const std::string& dir);
+  double evaluate();
+  void save_checkpoint();
+  bool train_step();  // false when the loss is not finite
+
+  Config cfg_;
+  RunOptions opt_;
+  int rank_ = 0, world_ = 1, grad_accum_ = 1;
+  std::unique_ptr<GPT<T>> model_;
+  std::unique_ptr<AdamW<T>> optim_;
+  std::unique_ptr<DataLoader> train_data_, val_data_;
+  std::unique_ptr<MetricsWriter> metrics_;
+  std::vector<int32_t> inputs_, targets_;
+  TrainState state_;
+  Rng rng_;
+  std::string ckpt_root_;
+  double last_loss_ = 0, last_norm_ = 0, last_lr_ = 0;
+};
+
+template <class T>
+void Trainer<T>::setup() {
+  std::string notice;
+  Device dev = select_device(cfg_.train.device, &notice);
+  log_info("%s", notice.c_str());
+  SCMOE_CHECK(dev == Device::cpu, "train.device resolved to cuda, but the CUDA training kernels are not built "
+                                  "yet; set train.device=cpu");
+  if (cfg_.train.threads > 0) omp_set_num_threads(cfg_.train.threads);
+
+  const auto& tc = cfg_.train;
+  int64_t micro_tokens = int64_t(tc.batch_size) * cfg_.model.seq_len * world_;
+  grad_accum_ = tc.grad_accum;
+  if (tc.global_batch_tokens > 0) {
+    SCMOE_CHECK(tc.global_batch_tokens % micro_tokens == 0,
+                "train.global_batch_tokens (" << tc.global_batch_tokens << ") must be a multiple of train.batch_size"
+                " x model.seq_len x world size (" << micro_tokens << ")");
+    grad_accum_ = int(tc.global_batch_tokens / micro_tokens);
+  }
+  model_ = std::make_unique<GPT<T>>(cfg_, tc.batch_size);
+  model_->init(tc.seed);
+  optim_ = std::make_unique<AdamW<T>>(cfg_.optim, model_->table());
+  rng_ = Rng(hash_string("train-rng", tc.seed));
+  inputs_.resize(size_t(tc.batch_size) * cfg_.model.seq_len);
+  targets_.resize(inputs_.size());
+  log_info("model: %s, %zu parameters (%.2f M), activations %.1f MiB for micro-batch %d x %d, dtype %s, %d threads",
+           cfg_.model.arch.c_str(), model_->num_params(), model_->num_params() / 1e6,
+           model_->activation_bytes() / 1048576.0, tc.batch_size, cfg_.model.seq_len, tc.dtype.c_str(),
+           omp_get_max_threads());
+  log_info("batch: %d seq x %d tokens x %d ranks x %d accumulation = %lld tokens per step", tc.batch_size,
+           cfg_.model.seq_len, world_, grad_accum_, (long long)(micro_tokens * grad_accum_));
+
+  val_data_ = std::make_unique<DataLoader>(cfg_.data.val, "data.val", cfg_.model.seq_len, cfg_.model.vocab_size,
+                                           false, tc.seed);
+  if (!opt_.eval_only)
+    train_data_ = std::make_unique<DataLoader>(cfg_.data.train, "data.train", cfg_.model.seq_len,
+                                               cfg_.model.vocab_size, cfg_.data.shuffle, tc.seed);
+  ckpt_root_ = (fs::path(tc.out_dir) / "checkpoints").string();
+}
+
+template <class T>
+void Trainer<T>::resume_from(const std::string& dir) {
+  read_model_file<T>((fs::path(dir) / "model.safetensors").string(), model_->table(), model_->params());
+  std::string optim_path = (fs::path(dir) / "optim.safetensors").string();
+  auto md = read_optim_file<T>(optim_path, model_->table(), optim_->m().data(), optim_->v().data());
+  auto dt = md.find("dtype");
+  SCMOE_CHECK(dt != md.end() && dt->second == cfg_.train.dtype,
+              optim_path << ": checkpoint was written with train.dtype "
+                         << (dt == md.end() ? "?" : dt->second) << ", this run uses " << cfg_.train.dtype);
+  state_ = TrainState::from_metadata(md, optim_path);
+  optim_->set_t(state_.adam_t);
+  rng_.state = state_.rng_state;
+  if (train_data_) train_data_->set_state({state_.data_epoch, state_.data_cursor});
+  log_info("resumed from %s at step %lld", dir.c_str(), (long long)state_.step);
+}
+
+template <class T>
+double Trainer<T>::evaluate() {
+  val_data_->reset();
+  double sum = 0;
+  for (int i = 0; i < cfg_.train.eval_batches; i++) {
+    val_data_->next_batch(cfg_.train.batch_size, rank_, world_, inputs_.data(), targets_.data());
+    sum += model_->forward(inputs_.data(), targets_.data(), T(0));
+  }
+  return sum / cfg_.train.eval_batches;
+}
+
+template <class T>
+void Trainer<T>::save_checkpoint() {
+  state_.adam_t = optim_->t();
+  state_.rng_state = rng_.state;
+  LoaderState ls = train_data_->state();
+  state_.data_epoch = ls.epoch;
+  state_.data_cursor = ls.cursor;
+  auto md = state_.to_metadata(cfg_.train.dtype);
+  std::string dir = commit_checkpoint(ckpt_root_, state_.step, cfg_.checkpoint.keep, [&](const std::string& tmp) {
+    write_model_file<T>((fs::path(tmp) / "model.safetensors").string(), model_->table(), model_->params());
+    write_optim_file<T>((fs::path(tmp) / "optim.safetensors").string(), model_->table(), optim_->m().data(),
+                        optim_->v().data(), md);
+    write_text_file((fs::path(tmp) / "config.yaml").string(), config_to_yaml(cfg_));
+  });
+  log_info("checkpoint written: %s", dir.c_str());
+}
+
+template <class T>
+bool Trainer<T>::train_step() {
+  const int B = cfg_.train.batch_size;
+  const T grad_scale = T(1.0 / (double(B) * cfg_.model.seq_len * grad_accum_));
+  model_->zero_grad();
+  double loss = 0;
+  for (int micro = 0; micro < grad_accum_; micro++) {
+    train_data_->next_batch(B, rank_, world_, inputs_.data(), targets_.data());
+    loss += model_->forward(inputs_.data(), targets_.data(), grad_scale, &rng_) / grad_accum_;
+    model_->backward();
+  }
+  last_loss_ = loss;
+  if (!std::isfinite(loss)) return false;
+  last_norm_ = global_norm(model_->grads(), model_->table().total());
+  double mult = 1.0;
+  if (cfg_.optim.grad_clip > 0 && last_norm_ > cfg_.optim.grad_clip) mult = cfg_.optim.grad_clip / last_norm_;
+  last_lr_ = lr_at(cfg_.optim, cfg_.train.max_steps, state_.step);
+  optim_->step(model_->params(), model_->grads(), last_lr_, mult);
+  state_.step++;
+  state_.tokens_seen += int64_t(B) * cfg_.model.seq_len * world_ * grad_accum_;
+  return true;
+}
+
+template <class T>
+int Trainer<T>::run() {
+  setup();
+  std::string resume_dir = opt_.resume.empty() ? "" : resolve_resume(opt_.resume, ckpt_root_);
+  if (opt_.resume == "auto" && resume_dir.empty()) log_info("resume auto: no checkpoint in %s, starting fresh", ckpt_root_.c_str());
+  if (opt_.eval_only) {
+    SCMOE_CHECK(!resume_dir.empty(), "--eval-only needs a checkpoint: pass --resume PATH (or auto with one present)");
+    resume_from(resume_dir);
+    double vl = evaluate();
+    std::printf("val_loss %.6f\n", vl);
+    return 0;
+  }
+  if (!resume_dir.empty()) resume_from(resume_dir);
+
+  fs::create_directories(cfg_.train.out_dir);
+  write_text_file((fs::path(cfg_.train.out_dir) / "config.yaml").string(), config_to_yaml(cfg_));
+  metrics_ = std::make_unique<MetricsWriter>((fs::path(cfg_.train.out_dir) / "metrics.jsonl").string(),
+                                             rank_ == 0, resume_dir.empty() ? -1 : state_.step);
+  const auto& tc = cfg_.train;
+  const int64_t step_tokens = int64_t(tc.batch_size) * cfg_.model.seq_len * world_ * grad_accum_;
+  double ema_ms = 0;
+  while (state_.step < tc.max_steps) {
+    double t0 = now_ms();
+    if (!train_step()) {
+      std::fprintf(stderr, "error: loss is %f at step %lld; stopping. The last checkpoint (if any) in %s is intact; "
+                   "lower optim.lr or check the data.\n", last_loss_, (long long)state_.step + 1, ckpt_root_.c_str());
+      metrics_->write(state_.step + 1, {{"loss", last_loss_}});
+      return 1;
+    }
+    double ms = now_ms() - t0;
+    ema_ms = ema_ms == 0 ? ms : 0.9 * ema_ms + 0.1 * ms;
+    double tok_s = step_tokens / (ms / 1000.0);
+    metrics_->write(state_.step, {{"loss", last_loss_}, {"lr", last_lr_}, {"grad_norm", last_norm_},
+                                  {"tokens_per_s", tok_s}, {"step_ms", ms}});
+    if (tc.log_every > 0 && (state_.step % tc.log_every == 0 || state_.step == tc.max_steps))
+      log_info("step %5lld/%d | loss %.4f | lr %.2e | grad_norm %.3f | %.1f ms | %.0f tok/s | eta %s",
+               (long long)state_.step, tc.max_steps, last_loss_, last_lr_, last_norm_, ms, tok_s,
+               format_eta((tc.max_steps - state_.step) * ema_ms / 1000.0).c_str());
+    bool last = state_.step == tc.max_steps;
+    if ((tc.eval_every > 0 && state_.step % tc.eval_every == 0) || last) {
+      double vl = evaluate();
+      metrics_->write(state_.step, {{"val_loss", vl}});
+      log_info("step %5lld/%d | val_loss %.4f", (long long)state_.step, tc.max_steps, vl);
+    }
+    if ((cfg_.checkpoint.every > 0 && state_.step % cfg_.checkpoint.every == 0) || last) save_checkpoint();
+    if (g_stop_signal) {
+      int sig = g_stop_signal;
+      if (!last) save_checkpoint();
+      log_info("stopped by signal %d at step %lld after writing a checkpoint", sig, (long long)state_.step);
+      return 128 + sig;
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+
+void install_stop_signal_handlers() {
+  struct sigaction sa {};
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+}
+
+int run_training(const Config& cfg, const RunOptions& opt) {
+  if (cfg.train.dtype == "float64") return Trainer<double>(cfg, opt).run();
+  return Trainer<float>(cfg, opt).run();
+}
+
+}  // namespace scmoe
