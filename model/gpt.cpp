@@ -25,6 +25,7 @@ GPT<T>::GPT(const Config& cfg, int micro_batch)
               "model.arch: expected dense|moe|shared_expert|scmoe, got '" << arch << "'");
   const MoeConfig& mo = cfg.moe;
   const int k = mo.top_k > 0 ? mo.top_k : default_top_k(arch);
+  top_k_ = arch == "dense" ? 0 : k;
   const int pos = cfg.scmoe.position;
   if (arch != "dense") {
     SCMOE_CHECK(k <= mo.num_experts, "moe.top_k (" << k << ") must be <= moe.num_experts (" << mo.num_experts << ")");

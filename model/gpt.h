@@ -38,6 +38,7 @@ class GPT {
   size_t num_params() const { return table_.count(); }
   size_t activation_bytes() const { return arena_.bytes(); }
   int micro_batch() const { return B_; }
+  int top_k() const { return top_k_; }  // routed experts per token (resolved default)
   const ModelConfig& model_config() const { return mc_; }
   std::vector<Block<T>>& blocks() { return blocks_; }
 
@@ -52,6 +53,7 @@ class GPT {
 
   ModelConfig mc_;
   int B_, Tn_, C_, V_;
+  int top_k_ = 0;
   ParamTable table_;
   std::vector<T> params_, grads_;
   size_t wte_off_ = 0, wpe_off_ = 0;

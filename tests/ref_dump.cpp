@@ -37,6 +37,8 @@ static void dump(const Config& cfg, const std::string& out) {
   t.push_back({"inputs", "I32", {B, Tn}, inputs.data(), inputs.size() * 4});
   t.push_back({"targets", "I32", {B, Tn}, targets.data(), targets.size() * 4});
   t.push_back({"loss", "F64", {1}, &loss, sizeof loss});
+  double aux = model.aux_loss();
+  t.push_back({"aux_loss", "F64", {1}, &aux, sizeof aux});
   const auto& m = cfg.model;
   std::map<std::string, std::string> md = {
       {"n_layer", std::to_string(m.n_layer)}, {"d_model", std::to_string(m.d_model)},
@@ -44,6 +46,22 @@ static void dump(const Config& cfg, const std::string& out) {
       {"seq_len", std::to_string(m.seq_len)}, {"vocab_size", std::to_string(m.vocab_size)},
       {"norm", m.norm},                       {"dtype", cfg.train.dtype},
       {"arch", m.arch}};
+  if (m.arch != "dense") {
+    const auto& mo = cfg.moe;
+    auto num = [](double v) {
+      char buf[64];
+      std::snprintf(buf, sizeof buf, "%.17g", v);
+      return std::string(buf);
+    };
+    md.insert({{"num_experts", std::to_string(mo.num_experts)}, {"top_k", std::to_string(model.top_k())},
+               {"every", std::to_string(mo.every)}, {"capacity_factor", num(mo.capacity_factor)},
+               {"aux_loss_coef", num(mo.aux_loss_coef)}, {"z_loss_coef", num(mo.z_loss_coef)},
+               {"renormalize", mo.renormalize ? "1" : "0"}, {"position", std::to_string(cfg.scmoe.position)},
+               {"combine", cfg.scmoe.combine}, {"gate_noise", "0"}});
+  }
+  for (const auto& [l, st] : model.moe_stats())
+    std::printf("  MoE layer %d: %lld of %lld assignments dropped\n", l, (long long)st->dropped,
+                (long long)st->assignments);
   safetensors_write(out, t, md);
   std::printf("wrote %s: %s %s loss %.6f\n", out.c_str(), m.arch.c_str(), cfg.train.dtype.c_str(), loss);
 }

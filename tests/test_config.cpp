@@ -21,6 +21,7 @@ namespace fs = std::filesystem;
 namespace {
 
 // Every key of Config: the round-trip test fails if one is added to the schema but not here.
+// clang-format off
 #define SCMOE_CONFIG_FIELDS(X)                                                                         \
   X(model.arch) X(model.n_layer) X(model.d_model) X(model.n_head) X(model.d_ff) X(model.seq_len)       \
   X(model.vocab_size) X(model.norm) X(model.init_std) X(moe.num_experts) X(moe.top_k) X(moe.every)     \
@@ -32,6 +33,7 @@ namespace {
   X(train.dtype) X(train.out_dir) X(train.log_every) X(train.eval_every) X(train.eval_batches)         \
   X(train.threads) X(data.train) X(data.val) X(data.shuffle) X(checkpoint.every) X(checkpoint.keep)   \
   X(comm.simulate_link.bandwidth_gb_s) X(comm.simulate_link.latency_us)
+// clang-format on
 
 int num_fields() {
   int n = 0;
@@ -44,10 +46,10 @@ int num_fields() {
 // Keys whose values differ (exactly: doubles compared with ==), each reported on stderr when `report`.
 int differences(const Config& a, const Config& b, bool report) {
   int n = 0;
-#define DIFF_FIELD(f)                                                 \
-  if (!(a.f == b.f)) {                                                \
-    ++n;                                                              \
-    if (report) std::fprintf(stderr, "  %s differs\n", #f);           \
+#define DIFF_FIELD(f)                                       \
+  if (!(a.f == b.f)) {                                      \
+    ++n;                                                    \
+    if (report) std::fprintf(stderr, "  %s differs\n", #f); \
   }
   SCMOE_CONFIG_FIELDS(DIFF_FIELD)
 #undef DIFF_FIELD
@@ -57,7 +59,8 @@ int differences(const Config& a, const Config& b, bool report) {
 // A private directory per process, so parallel ctest runs never share files.
 const std::string& tmp_dir() {
   static const std::string dir = [] {
-    std::string d = (fs::temp_directory_path() / ("scmoe_test_config_" + std::to_string(::getpid()))).string();
+    std::string d =
+        (fs::temp_directory_path() / ("scmoe_test_config_" + std::to_string(::getpid()))).string();
     fs::remove_all(d);
     fs::create_directories(d);
     return d;
@@ -158,11 +161,14 @@ void test_shipped_configs() {
 
 void test_unknown_keys() {
   const std::string p = write_file("typo.yaml", "model:\n  d_modle: 3\n");
-  CHECK_THROWS_WITH(load_config(p, {}), (p + ": model.d_modle: unknown key (did you mean 'model.d_model'?)").c_str());
+  CHECK_THROWS_WITH(load_config(p, {}),
+                    (p + ": model.d_modle: unknown key (did you mean 'model.d_model'?)").c_str());
   const std::string s = write_file("section.yaml", "modle:\n  d_model: 3\n");
   CHECK_THROWS_WITH(load_config(s, {}), (s + ": modle: unknown section (did you mean 'model'?)").c_str());
-  CHECK_THROWS_WITH(parse("optim:\n  seed: 3\n"), "t.yaml: optim.seed: unknown key (did you mean 'train.seed'?)");
-  CHECK_THROWS_WITH(parse("d_model: 3\n"), "t.yaml: d_model: unknown section (did you mean 'model.d_model'?)");
+  CHECK_THROWS_WITH(parse("optim:\n  seed: 3\n"),
+                    "t.yaml: optim.seed: unknown key (did you mean 'train.seed'?)");
+  CHECK_THROWS_WITH(parse("d_model: 3\n"),
+                    "t.yaml: d_model: unknown section (did you mean 'model.d_model'?)");
   CHECK_THROWS_WITH(parse("comm:\n  simulate_lnk: {latency_us: 1}\n"),
                     "t.yaml: comm.simulate_lnk: unknown key (did you mean 'comm.simulate_link'?)");
   CHECK_THROWS_WITH(parse("moe:\n  evry: 1\n"), "did you mean 'moe.every'?");
@@ -178,23 +184,29 @@ void test_unknown_keys() {
 void test_type_errors() {
   const std::string p = write_file("types.yaml", "model:\n  d_model: abc\n");
   CHECK_THROWS_WITH(load_config(p, {}), (p + ": model.d_model: expected an integer >= 1, got 'abc'").c_str());
-  CHECK_THROWS_WITH(parse("model:\n  d_model: 1.5\n"), "t.yaml: model.d_model: expected an integer >= 1, got '1.5'");
+  CHECK_THROWS_WITH(parse("model:\n  d_model: 1.5\n"),
+                    "t.yaml: model.d_model: expected an integer >= 1, got '1.5'");
   CHECK_THROWS_WITH(parse("model:\n  d_model: 1e3\n"), "expected an integer >= 1, got '1e3'");
-  CHECK_THROWS_WITH(parse("model:\n  d_model: 0\n"), "t.yaml: model.d_model: expected an integer >= 1, got 0");
+  CHECK_THROWS_WITH(parse("model:\n  d_model: 0\n"),
+                    "t.yaml: model.d_model: expected an integer >= 1, got 0");
   CHECK_THROWS_WITH(parse("model:\n  d_model: 3000000000\n"), "got '3000000000' (out of range)");
-  CHECK_THROWS_WITH(parse("model:\n  d_model:\n"), "model.d_model: expected an integer >= 1, got nothing (null)");
-  CHECK_THROWS_WITH(parse("model:\n  d_model: [1, 2]\n"), "model.d_model: expected an integer >= 1, got a sequence");
+  CHECK_THROWS_WITH(parse("model:\n  d_model:\n"),
+                    "model.d_model: expected an integer >= 1, got nothing (null)");
+  CHECK_THROWS_WITH(parse("model:\n  d_model: [1, 2]\n"),
+                    "model.d_model: expected an integer >= 1, got a sequence");
   CHECK_THROWS_WITH(parse("model:\n  arch: foo\n"),
                     "t.yaml: model.arch: expected one of dense|moe|shared_expert|scmoe, got 'foo'");
   CHECK_THROWS_WITH(parse("model:\n  norm: LayerNorm\n"), "model.norm: expected one of layernorm|rmsnorm");
-  CHECK_THROWS_WITH(parse("moe:\n  gate_noise: yes\n"), "t.yaml: moe.gate_noise: expected true or false, got 'yes'");
+  CHECK_THROWS_WITH(parse("moe:\n  gate_noise: yes\n"),
+                    "t.yaml: moe.gate_noise: expected true or false, got 'yes'");
   CHECK_THROWS_WITH(parse("optim:\n  lr: fast\n"), "t.yaml: optim.lr: expected a number > 0, got 'fast'");
   CHECK_THROWS_WITH(parse("optim:\n  lr: .nan\n"), "optim.lr: expected a number > 0, got '.nan'");
   CHECK_THROWS_WITH(parse("optim:\n  lr: 1e999\n"), "got '1e999' (out of range)");
   CHECK_THROWS_WITH(parse("optim:\n  beta1: 1\n"), "t.yaml: optim.beta1: expected a number in [0, 1), got 1");
   CHECK_THROWS_WITH(parse("optim:\n  eps: 0\n"), "optim.eps: expected a number > 0, got 0");
   CHECK_THROWS_WITH(parse("scmoe:\n  position: 4\n"), "scmoe.position: expected an integer in [1, 3], got 4");
-  CHECK_THROWS_WITH(parse("scmoe:\n  expert_slot: 5\n"), "scmoe.expert_slot: expected one of auto|1|2|3|4, got '5'");
+  CHECK_THROWS_WITH(parse("scmoe:\n  expert_slot: 5\n"),
+                    "scmoe.expert_slot: expected one of auto|1|2|3|4, got '5'");
   CHECK_THROWS_WITH(parse("train:\n  seed: -1\n"), "train.seed: expected an integer >= 0, got '-1'");
   CHECK_THROWS_WITH(parse("train:\n  out_dir: ''\n"), "train.out_dir: expected a non-empty string, got ''");
   CHECK_THROWS_WITH(parse("checkpoint:\n  keep: 0\n"), "checkpoint.keep: expected an integer >= 1, got 0");
@@ -207,8 +219,10 @@ void test_type_errors() {
 
 void test_structure_errors() {
   CHECK_THROWS_WITH(parse("model: 3\n"), "t.yaml: model: expected a map of keys (a section), got a scalar");
-  CHECK_THROWS_WITH(parse("comm:\n  simulate_link: [1]\n"), "t.yaml: comm.simulate_link: expected a map of keys");
-  CHECK_THROWS_WITH(parse("- model\n"), "t.yaml: expected a map of sections (model:, optim:, ...) at the top level");
+  CHECK_THROWS_WITH(parse("comm:\n  simulate_link: [1]\n"),
+                    "t.yaml: comm.simulate_link: expected a map of keys");
+  CHECK_THROWS_WITH(parse("- model\n"),
+                    "t.yaml: expected a map of sections (model:, optim:, ...) at the top level");
   CHECK_THROWS_WITH(parse("just text\n"), "at the top level, got a scalar");
   const std::string p = write_file("syntax.yaml", "model:\n  d_model: 64\n  n_head: [4\n");
   CHECK_THROWS_WITH(load_config(p, {}), (p + ":4:1: YAML syntax error: ").c_str());
@@ -221,13 +235,13 @@ void test_structure_errors() {
 void test_overrides() {
   const std::string p = write_file("over.yaml", "optim:\n  lr: 0.01\nmodel:\n  d_model: 64\n");
   CHECK(load_config(p, {}).optim.lr == 0.01);
-  CHECK(load_config(p, {"optim.lr=0.02"}).optim.lr == 0.02);           // --set beats the file
+  CHECK(load_config(p, {"optim.lr=0.02"}).optim.lr == 0.02);                   // --set beats the file
   CHECK(load_config(p, {"optim.lr=0.02", "optim.lr=0.03"}).optim.lr == 0.03);  // last wins
-  CHECK(load_config(p, {"optim.lr=0.02"}).model.d_model == 64);        // the rest of the file stays
+  CHECK(load_config(p, {"optim.lr=0.02"}).model.d_model == 64);                // the rest of the file stays
   const Config c = parse("", {"moe.gate_noise=true", "train.seed=7", "data.train=*.bin", "model.arch=moe",
                               "train.out_dir=runs/a: b", "scmoe.expert_slot=2", "optim.lr= 5e-4 "});
   CHECK(c.moe.gate_noise && c.train.seed == 7u && c.model.arch == "moe");
-  CHECK(c.data.train == "*.bin");        // string keys take text YAML would reject (an alias) verbatim
+  CHECK(c.data.train == "*.bin");  // string keys take text YAML would reject (an alias) verbatim
   CHECK(c.train.out_dir == "runs/a: b");
   CHECK(c.scmoe.expert_slot == "2" && c.optim.lr == 5e-4);
   CHECK(parse("", {"train.out_dir='quoted'"}).train.out_dir == "quoted");
@@ -237,11 +251,15 @@ void test_overrides() {
   CHECK_THROWS_WITH(parse("", {"=3"}), "--set =3: expected KEY=VALUE");
   CHECK_THROWS_WITH(parse("", {"model.d_modle=3"}),
                     "--set model.d_modle=3: model.d_modle: unknown key (did you mean 'model.d_model'?)");
-  CHECK_THROWS_WITH(parse("", {"model=3"}), "--set model=3: model: is a section; set one of its keys, e.g. model.arch");
-  CHECK_THROWS_WITH(parse("", {"model.d_model=[1]"}), "model.d_model: expected an integer >= 1, got a sequence");
+  CHECK_THROWS_WITH(parse("", {"model=3"}),
+                    "--set model=3: model: is a section; set one of its keys, e.g. model.arch");
+  CHECK_THROWS_WITH(parse("", {"model.d_model=[1]"}),
+                    "model.d_model: expected an integer >= 1, got a sequence");
   CHECK_THROWS_WITH(parse("", {"model.d_model=[1"}), "model.d_model: expected an integer >= 1, got '[1'");
-  CHECK_THROWS_WITH(parse("", {"model.d_model="}), "--set model.d_model=: model.d_model: expected an integer >= 1, got nothing");
-  CHECK_THROWS_WITH(parse("", {"data.val="}), "--set data.val=: data.val: expected a non-empty string, got ''");
+  CHECK_THROWS_WITH(parse("", {"model.d_model="}),
+                    "--set model.d_model=: model.d_model: expected an integer >= 1, got nothing");
+  CHECK_THROWS_WITH(parse("", {"data.val="}),
+                    "--set data.val=: data.val: expected a non-empty string, got ''");
   // An error in a later override is reported even when an earlier one was fine.
   CHECK_THROWS_WITH(parse("", {"optim.lr=0.1", "optim.lr=x"}), "--set optim.lr=x: optim.lr:");
 }
@@ -260,14 +278,18 @@ void test_cross_checks() {
                     "t.yaml: model.d_model (100) must be a multiple of model.n_head (3)");
   CHECK_THROWS_WITH(parse("", {"model.d_model=100", "model.n_head=3"}), "--set: model.d_model (100)");
   CHECK_THROWS_WITH(parse("model: {d_model: 100}\n", {"model.n_head=3"}), "t.yaml with --set: model.d_model");
-  CHECK_THROWS_WITH(parse("moe: {top_k: 3, num_experts: 2}\n"), "moe.top_k (3) must be <= moe.num_experts (2)");
-  CHECK_THROWS_WITH(parse("model: {arch: moe, n_layer: 2}\nmoe: {every: 3}\n"), "moe.every (3) must be <= model.n_layer (2)");
+  CHECK_THROWS_WITH(parse("moe: {top_k: 3, num_experts: 2}\n"),
+                    "moe.top_k (3) must be <= moe.num_experts (2)");
+  CHECK_THROWS_WITH(parse("model: {arch: moe, n_layer: 2}\nmoe: {every: 3}\n"),
+                    "moe.every (3) must be <= model.n_layer (2)");
   CHECK(parse("model: {arch: dense, n_layer: 2}\nmoe: {every: 3}\n").moe.every == 3);
-  CHECK_THROWS_WITH(parse("optim: {lr: 0.001, min_lr: 0.01}\n"), "optim.min_lr (0.01) must be <= optim.lr (0.001)");
+  CHECK_THROWS_WITH(parse("optim: {lr: 0.001, min_lr: 0.01}\n"),
+                    "optim.min_lr (0.01) must be <= optim.lr (0.001)");
   CHECK_THROWS_WITH(parse("train: {precision: bf16}\n"), "train.precision bf16 requires train.device cuda");
   CHECK(parse("train: {precision: bf16, device: cuda}\n").train.precision == "bf16");
-  CHECK_THROWS_WITH(parse("train: {global_batch_tokens: 1000}\n"),
-                    "train.global_batch_tokens (1000) must be a multiple of train.batch_size * model.seq_len (1024)");
+  CHECK_THROWS_WITH(
+      parse("train: {global_batch_tokens: 1000}\n"),
+      "train.global_batch_tokens (1000) must be a multiple of train.batch_size * model.seq_len (1024)");
   CHECK(parse("train: {global_batch_tokens: 4096}\n").train.global_batch_tokens == 4096);
 }
 
@@ -310,7 +332,8 @@ void test_round_trip() {
   CHECK(config_to_yaml(back) == yaml);
   CHECK(differences(parse_config_text(config_to_yaml(Config{}), "defaults"), Config{}, true) == 0);
   // Every key is printed, nested, with doubles that look like doubles.
-  CHECK(yaml.find("comm:\n  simulate_link:\n    bandwidth_gb_s: 12.5\n    latency_us: 0.1\n") != std::string::npos);
+  CHECK(yaml.find("comm:\n  simulate_link:\n    bandwidth_gb_s: 12.5\n    latency_us: 0.1\n") !=
+        std::string::npos);
   CHECK(config_to_yaml(Config{}).find("  capacity_factor: 2.0\n") != std::string::npos);
   CHECK(config_to_yaml(Config{}).find("  eps: 1.0e-08\n") != std::string::npos);
   int lines = 0;
@@ -323,14 +346,16 @@ void test_docs_up_to_date() {
   const std::string want = config_reference_markdown();
   const bool same = read_file(path) == want;
   if (!same)
-    std::fprintf(stderr, "%s is out of date; regenerate it with `build/train --config-reference > docs/config.md`\n",
+    std::fprintf(stderr,
+                 "%s is out of date; regenerate it with `build/train --config-reference > docs/config.md`\n",
                  path.c_str());
   CHECK(same);
   int rows = 0;
   for (size_t at = 0; (at = want.find("\n| `", at)) != std::string::npos; ++at) ++rows;
   CHECK(rows == num_fields());
   CHECK(want.find("| `comm.simulate_link.bandwidth_gb_s` | double | `0.0` | >= 0 |") != std::string::npos);
-  CHECK(want.find("| `model.arch` | string | `dense` | `dense`, `moe`, `shared_expert`, `scmoe` |") != std::string::npos);
+  CHECK(want.find("| `model.arch` | string | `dense` | `dense`, `moe`, `shared_expert`, `scmoe` |") !=
+        std::string::npos);
 }
 
 }  // namespace

@@ -41,14 +41,14 @@ static void check_router(const char* what, V logits, const V& R, int N, int E, i
   V probs((size_t)N * E), gate((size_t)N * k), pmean(E);
   I32 idx0((size_t)N * k), idx((size_t)N * k);
   I64 counts0(E), counts(E);
-  ops::RouterLosses l0 = ops::router_forward(logits.data(), N, E, k, renorm, probs.data(), idx0.data(), gate.data(),
-                                        pmean.data(), counts0.data());
+  ops::RouterLosses l0 = ops::router_forward(logits.data(), N, E, k, renorm, probs.data(), idx0.data(),
+                                             gate.data(), pmean.data(), counts0.data());
   CHECK_NEAR(l0.aux, aux_fixed(pmean, counts0, N, k), 1e-12);
   V probs0 = probs;
   bool selection_moved = false;
   auto loss = [&] {
-    ops::RouterLosses ls = ops::router_forward(logits.data(), N, E, k, renorm, probs.data(), idx.data(), gate.data(),
-                                          pmean.data(), counts.data());
+    ops::RouterLosses ls = ops::router_forward(logits.data(), N, E, k, renorm, probs.data(), idx.data(),
+                                               gate.data(), pmean.data(), counts.data());
     // Compared as sets: within a tie of selected experts the order may flip, which is harmless
     // when the caller's R is order-invariant there (see test_router_ties).
     for (int n = 0; n < N; n++)
@@ -58,8 +58,8 @@ static void check_router(const char* what, V logits, const V& R, int N, int E, i
     return dot(R, gate.data()) + a * aux_fixed(pmean, counts0, N, k) + b * ls.z;
   };
   V dlogits((size_t)N * E, 7.0);  // stale values must be overwritten
-  ops::router_backward(dlogits.data(), R.data(), logits.data(), probs0.data(), idx0.data(), counts0.data(), N, E,
-                       k, renorm, a, b);
+  ops::router_backward(dlogits.data(), R.data(), logits.data(), probs0.data(), idx0.data(), counts0.data(), N,
+                       E, k, renorm, a, b);
   check_gradient(what, logits, dlogits, loss);
   CHECK(!selection_moved);
 }
@@ -69,8 +69,8 @@ static void test_router_forward_values(int k, bool renorm) {
   V logits = separated_logits(N, E, 100 + k), probs(N * E), gate(N * k), pmean(E);
   I32 idx(N * k);
   I64 counts(E);
-  ops::RouterLosses ls = ops::router_forward(logits.data(), N, E, k, renorm, probs.data(), idx.data(), gate.data(),
-                                        pmean.data(), counts.data());
+  ops::RouterLosses ls = ops::router_forward(logits.data(), N, E, k, renorm, probs.data(), idx.data(),
+                                             gate.data(), pmean.data(), counts.data());
   double z = 0;
   int64_t total = 0;
   for (int n = 0; n < N; n++) {
@@ -92,11 +92,20 @@ static void test_router_forward_values(int k, bool renorm) {
       if (!sel) CHECK(probs[n * E + e] < last);
     }
     for (int j = 0; j < k; j++) gs += gate[n * k + j];
-    if (renorm && k > 1) CHECK_NEAR(gs, 1.0, 1e-14);
+    if (renorm && k > 1)
+      CHECK_NEAR(gs, 1.0, 1e-14);
     else
       for (int j = 0; j < k; j++) CHECK(gate[n * k + j] == probs[n * E + idx[n * k + j]]);
   }
-  for (int e = 0; e < E; e++) total += counts[e];
+  for (int e = 0; e < E; e++) {
+    double pm = 0;
+    int64_t c = 0;
+    for (int n = 0; n < N; n++) pm += probs[n * E + e] / N;
+    for (int i = 0; i < N * k; i++) c += idx[i] == e;
+    CHECK_NEAR(pmean[e], pm, 1e-15);
+    CHECK(counts[e] == c);
+    total += counts[e];
+  }
   CHECK(total == (int64_t)N * k);
   CHECK_NEAR(ls.z, z / N, 1e-12);
 }
@@ -135,15 +144,16 @@ static void test_router_ties() {
   // experts, and a tie inside the selected set. In the latter the descending order between the tied
   // pair flips under perturbation, so that token's R is the same for both choices (order-invariant).
   int N = 4, k = 2;
-  V l = {0, 2, -1, 2, -1,  //
-         3, 0, 0, 1.5, 0,  //
-         0.5, 0.5, 0.5, 2.5, 2,  //
-         -1, -1, 1, -1, 0.2};
+  V l = {0,   2,   -1,  2,   -1,  //
+         3,   0,   0,   1.5, 0,   //
+         0.5, 0.5, 0.5, 2.5, 2,   //
+         -1,  -1,  1,   -1,  0.2};
   V R = random_vec(N * k, 77);
   R[1] = R[0];
   for (int renorm = 0; renorm < 2; renorm++)
-    check_router(renorm ? "router dlogits, ties, renorm" : "router dlogits, ties", l, R, N, E, k, renorm, 0.7, 0.3);
-  V l1 = {0, 0, 2, 0, 0,  //
+    check_router(renorm ? "router dlogits, ties, renorm" : "router dlogits, ties", l, R, N, E, k, renorm, 0.7,
+                 0.3);
+  V l1 = {0,  0,   2,  0,  0,  //
           -1, 1.7, -1, -1, -1};
   check_router("router dlogits, ties, k=1", l1, random_vec(2, 78), 2, E, 1, false, 0.7, 0.3);
 }
@@ -173,7 +183,10 @@ static void test_permute() {
   CHECK(p.dropped > 0);
   int C = 4, rows = (int)p.offsets[p.E];
   V x = random_vec(p.N * C, 40), R = random_vec(rows * C, 41), xe(rows * C);
-  auto loss = [&] { ops::permute_forward(xe.data(), x.data(), p.pos.data(), p.N, p.k, C); return dot(R, xe.data()); };
+  auto loss = [&] {
+    ops::permute_forward(xe.data(), x.data(), p.pos.data(), p.N, p.k, C);
+    return dot(R, xe.data());
+  };
   V dx(p.N * C, 7.0);
   ops::permute_backward(dx.data(), R.data(), p.pos.data(), p.N, p.k, C, false);
   check_gradient("permute dx", x, dx, loss);
@@ -192,7 +205,8 @@ static void test_combine() {
     return dot(R, y.data());
   };
   V dye(rows * C, 7.0), dgate(p.N * p.k, 7.0);  // every kept row and every gate must be written
-  ops::combine_backward(dye.data(), dgate.data(), R.data(), ye.data(), gate.data(), p.pos.data(), p.N, p.k, C);
+  ops::combine_backward(dye.data(), dgate.data(), R.data(), ye.data(), gate.data(), p.pos.data(), p.N, p.k,
+                        C);
   check_gradient("combine dye", ye, dye, loss);
   check_gradient("combine dgate", gate, dgate, loss);
   for (int i = 0; i < p.N * p.k; i++)
@@ -204,7 +218,10 @@ static void test_cg1() {
   V z = random_vec(N, 50, 2.0), se = random_vec(N * C, 51), R = random_vec(N * C, 52), out(N * C), coef(N);
   z[0] = 40;  // saturated sigmoids on both sides stay finite
   z[1] = -40;
-  auto loss = [&] { ops::cg1_forward(out.data(), coef.data(), z.data(), se.data(), N, C); return dot(R, out.data()); };
+  auto loss = [&] {
+    ops::cg1_forward(out.data(), coef.data(), z.data(), se.data(), N, C);
+    return dot(R, out.data());
+  };
   loss();
   CHECK(coef[0] <= 1.0 && coef[1] > 0.0);
   V dse(N * C, 7.0), dz(N, 7.0);

@@ -22,7 +22,8 @@ struct Dispatch {
 
 static Dispatch plan(const I32& idx, int N, int k, int E, int64_t capacity) {
   Dispatch d{I32((size_t)N * k), I64(E), I64(E + 1), 0};
-  d.dropped = ops::dispatch_plan(idx.data(), N, k, E, capacity, d.pos.data(), d.counts.data(), d.offsets.data());
+  d.dropped =
+      ops::dispatch_plan(idx.data(), N, k, E, capacity, d.pos.data(), d.counts.data(), d.offsets.data());
   return d;
 }
 
@@ -69,7 +70,8 @@ static void test_k_equals_E() {
   V logits = random_vec(N * E, 3), probs(N * E), gate(N * k), pmean(E);
   I32 idx(N * k);
   I64 rc(E);
-  ops::router_forward(logits.data(), N, E, k, true, probs.data(), idx.data(), gate.data(), pmean.data(), rc.data());
+  ops::router_forward(logits.data(), N, E, k, true, probs.data(), idx.data(), gate.data(), pmean.data(),
+                      rc.data());
   for (int e = 0; e < E; e++) CHECK(rc[e] == N);
   Dispatch d = plan(idx, N, k, E, N);
   CHECK(d.dropped == 0);
@@ -91,7 +93,8 @@ static void test_round_trip() {
   V logits = random_vec(N * E, 4, 2.0), x = random_vec(N * C, 5), probs(N * E), gate(N * k), pmean(E);
   I32 idx(N * k);
   I64 rc(E);
-  ops::router_forward(logits.data(), N, E, k, true, probs.data(), idx.data(), gate.data(), pmean.data(), rc.data());
+  ops::router_forward(logits.data(), N, E, k, true, probs.data(), idx.data(), gate.data(), pmean.data(),
+                      rc.data());
   Dispatch d = plan(idx, N, k, E, 3);  // 15 rows for 46 assignments: many are dropped
   CHECK(d.dropped > 0);
   CHECK(d.dropped + d.offsets[E] == (int64_t)N * k);
@@ -144,13 +147,14 @@ static std::vector<unsigned char> run_chain(int threads) {
   int N = 301, E = 6, k = 2, C = 33;
   auto cv = [](const V& v) { return std::vector<T>(v.begin(), v.end()); };
   std::vector<T> logits = cv(random_vec(N * E, 7, 2.0)), x = cv(random_vec(N * C, 8)),
-                 se = cv(random_vec(N * C, 9)), zg = cv(random_vec(N * 2, 10)), dy = cv(random_vec(N * C, 11));
+                 se = cv(random_vec(N * C, 9)), zg = cv(random_vec(N * 2, 10)),
+                 dy = cv(random_vec(N * C, 11));
   std::vector<T> probs(N * E), gate(N * k), dlogits(N * E);
   V pmean(E);
   I32 idx(N * k);
   I64 rc(E);
-  ops::RouterLosses ls = ops::router_forward(logits.data(), N, E, k, true, probs.data(), idx.data(), gate.data(),
-                                             pmean.data(), rc.data());
+  ops::RouterLosses ls = ops::router_forward(logits.data(), N, E, k, true, probs.data(), idx.data(),
+                                             gate.data(), pmean.data(), rc.data());
   Dispatch d = plan(idx, N, k, E, 2 * ((N + E - 1) / E));
   int rows = (int)d.offsets[E];
   std::vector<T> xe(rows * C), y(N * C), dye(rows * C), dgate(N * k), dx(N * C);
@@ -158,8 +162,8 @@ static std::vector<unsigned char> run_chain(int threads) {
   ops::combine_forward(y.data(), xe.data(), gate.data(), d.pos.data(), N, k, C);
   ops::combine_backward(dye.data(), dgate.data(), dy.data(), xe.data(), gate.data(), d.pos.data(), N, k, C);
   ops::permute_backward(dx.data(), dye.data(), d.pos.data(), N, k, C, false);
-  ops::router_backward(dlogits.data(), dgate.data(), logits.data(), probs.data(), idx.data(), rc.data(), N, E, k,
-                       true, 0.01, 0.001);
+  ops::router_backward(dlogits.data(), dgate.data(), logits.data(), probs.data(), idx.data(), rc.data(), N, E,
+                       k, true, 0.01, 0.001);
   std::vector<T> o1(N * C), coef(N), dse(N * C), dz(N), o2(N * C), alpha(N * 2), dse2(N * C), dmoe(N * C),
       dz2(N * 2);
   ops::cg1_forward(o1.data(), coef.data(), zg.data(), se.data(), N, C);
@@ -189,8 +193,8 @@ static void test_determinism(const char* what) {
   CHECK(one == two);
   CHECK(one == three);
   CHECK(one == a);
-  std::printf("  determinism (%s): %zu bytes identical across runs and 1/2/3/%d threads: %s\n", what, a.size(),
-              maxt, (a == b && one == two && one == three && one == a) ? "yes" : "NO");
+  std::printf("  determinism (%s): %zu bytes identical across runs and 1/2/3/%d threads: %s\n", what,
+              a.size(), maxt, (a == b && one == two && one == three && one == a) ? "yes" : "NO");
   omp_set_num_threads(maxt);
 }
 

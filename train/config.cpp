@@ -57,8 +57,9 @@ struct Key {
 };
 
 // The member expression doubles as the key path, so the two cannot drift apart.
-#define KEY(member, rule, meaning) \
-  Key { #member, [](Config& c) -> Field { return &c.member; }, rule, meaning }
+// clang-format off
+#define KEY(member, rule, meaning) Key{#member, [](Config& c) -> Field { return &c.member; }, rule, meaning}
+// clang-format on
 
 const Key kKeys[] = {
     KEY(model.arch, one_of("dense|moe|shared_expert|scmoe"),
@@ -72,8 +73,7 @@ const Key kKeys[] = {
     KEY(model.norm, one_of("layernorm|rmsnorm"), "normalisation layer"),
     KEY(model.init_std, above(0), "standard deviation of the normal weight initialisation"),
     KEY(moe.num_experts, at_least(1), "routed experts per MoE layer (over all ranks)"),
-    KEY(moe.top_k, at_least(1),
-        "routed experts per token; when not set, 1 for arch scmoe and shared_expert"),
+    KEY(moe.top_k, at_least(1), "routed experts per token; when not set, 1 for arch scmoe and shared_expert"),
     KEY(moe.every, at_least(1), "an MoE layer every `every` blocks (the last block of each group)"),
     KEY(moe.capacity_factor, any(),
         "capacity per expert is top_k * ceil(cf * tokens / num_experts); <= 0: dropless"),
@@ -99,12 +99,14 @@ const Key kKeys[] = {
     KEY(optim.min_lr, at_least(0), "learning rate at the end of the schedule (<= lr)"),
     KEY(train.max_steps, at_least(1), "optimizer steps to train"),
     KEY(train.batch_size, at_least(1), "sequences per rank per micro-step"),
-    KEY(train.grad_accum, at_least(1), "micro-steps per optimizer step (derived when global_batch_tokens > 0)"),
+    KEY(train.grad_accum, at_least(1),
+        "micro-steps per optimizer step (derived when global_batch_tokens > 0)"),
     KEY(train.global_batch_tokens, at_least(0),
         "tokens per optimizer step over all ranks; 0: batch_size * seq_len * world_size * grad_accum"),
     KEY(train.seed, at_least(0), "seed of initialisation, data order and gate noise"),
     KEY(train.device, one_of("auto|cpu|cuda"), "backend; auto: cuda when a GPU is present, else cpu"),
-    KEY(train.precision, one_of("fp32|bf16"), "activation precision; bf16 needs cuda (master weights stay fp32)"),
+    KEY(train.precision, one_of("fp32|bf16"),
+        "activation precision; bf16 needs cuda (master weights stay fp32)"),
     KEY(train.dtype, one_of("float32|float64"), "CPU compute type (float64 for gradient checks)"),
     KEY(train.out_dir, non_empty(), "run directory: config.yaml, metrics.jsonl, checkpoints/"),
     KEY(train.log_every, at_least(1), "log training metrics every N steps"),
@@ -118,7 +120,8 @@ const Key kKeys[] = {
     KEY(checkpoint.keep, at_least(1), "keep the last K checkpoints"),
     KEY(comm.simulate_link.bandwidth_gb_s, at_least(0),
         "delay each All-to-All as a link of this many GB/s would; 0: no simulated link"),
-    KEY(comm.simulate_link.latency_us, at_least(0), "latency of the simulated link per All-to-All, in microseconds"),
+    KEY(comm.simulate_link.latency_us, at_least(0),
+        "latency of the simulated link per All-to-All, in microseconds"),
 };
 #undef KEY
 
@@ -136,8 +139,8 @@ const std::pair<const char*, const char*> kSectionIntros[] = {
 
 // Rules spanning several keys, checked after the file and every override are applied.
 struct CrossCheck {
-  const char* rule;                          // for the reference
-  std::string (*violation)(const Config&);   // "" when the rule holds
+  const char* rule;                         // for the reference
+  std::string (*violation)(const Config&);  // "" when the rule holds
 };
 
 std::string num(long long v) { return std::to_string(v); }
@@ -170,7 +173,8 @@ const CrossCheck kCrossChecks[] = {
     {"`moe.top_k` <= `moe.num_experts`",
      [](const Config& c) -> std::string {
        if (c.moe.top_k <= c.moe.num_experts) return "";
-       return "moe.top_k (" + num(c.moe.top_k) + ") must be <= moe.num_experts (" + num(c.moe.num_experts) + ")";
+       return "moe.top_k (" + num(c.moe.top_k) + ") must be <= moe.num_experts (" + num(c.moe.num_experts) +
+              ")";
      }},
     {"`moe.every` <= `model.n_layer` unless `model.arch` is dense (otherwise no block has experts)",
      [](const Config& c) -> std::string {
@@ -350,15 +354,19 @@ void assign_number(T* p, const Key& k, const Raw& v, const std::string& origin) 
   if (!parse_number(v.text, x, too_big))
     fail(origin, k.path,
          "expected " + expected(k) + ", got '" + v.text + "'" + (too_big ? " (out of range)" : ""));
-  if (!in_range(k.rule, static_cast<double>(x))) fail(origin, k.path, "expected " + expected(k) + ", got " + v.text);
+  if (!in_range(k.rule, static_cast<double>(x)))
+    fail(origin, k.path, "expected " + expected(k) + ", got " + v.text);
   *p = x;
 }
 
 void assign_value(bool* p, const Key& k, const Raw& v, const std::string& origin) {
   const std::string& t = v.text;
-  if (t == "true" || t == "True" || t == "TRUE") *p = true;
-  else if (t == "false" || t == "False" || t == "FALSE") *p = false;
-  else fail(origin, k.path, "expected " + expected(k) + ", got '" + t + "'");
+  if (t == "true" || t == "True" || t == "TRUE")
+    *p = true;
+  else if (t == "false" || t == "False" || t == "FALSE")
+    *p = false;
+  else
+    fail(origin, k.path, "expected " + expected(k) + ", got '" + t + "'");
 }
 
 void assign_value(std::string* p, const Key& k, const Raw& v, const std::string& origin) {
@@ -384,10 +392,13 @@ bool plain_safe(char ch) {
 
 // A string as YAML: plain when unambiguous, else double-quoted with escapes.
 std::string yaml_string(const std::string& s) {
-  static const std::set<std::string> kReserved = {"null", "true", "false", "yes", "no", "on", "off", "y", "n"};
+  static const std::set<std::string> kReserved = {"null", "true", "false", "yes", "no",
+                                                  "on",   "off",  "y",     "n"};
   std::string lower = s;
-  std::transform(lower.begin(), lower.end(), lower.begin(), [](unsigned char ch) { return std::tolower(ch); });
-  const bool plain = !s.empty() && (std::isalpha(static_cast<unsigned char>(s[0])) || s[0] == '_' || s[0] == '/') &&
+  std::transform(lower.begin(), lower.end(), lower.begin(),
+                 [](unsigned char ch) { return std::tolower(ch); });
+  const bool plain = !s.empty() &&
+                     (std::isalpha(static_cast<unsigned char>(s[0])) || s[0] == '_' || s[0] == '/') &&
                      std::all_of(s.begin(), s.end(), plain_safe) && !kReserved.count(lower);
   if (plain) return s;
   std::string out = "\"";
@@ -445,7 +456,8 @@ const char* shape_of(const YAML::Node& n) {
 [[noreturn]] void fail_unknown(const std::string& origin, const std::string& path, bool top_level) {
   const std::string hint = suggest(path);
   fail(origin, path,
-       std::string(top_level ? "unknown section" : "unknown key") + (hint.empty() ? "" : " (did you mean '" + hint + "'?)"));
+       std::string(top_level ? "unknown section" : "unknown key") +
+           (hint.empty() ? "" : " (did you mean '" + hint + "'?)"));
 }
 
 // Applies one YAML map whose keys live under `prefix` ("" for the document root).
@@ -488,8 +500,9 @@ void apply_document(const std::string& text, Parse& st, const std::string& origi
   }
   if (root.IsNull()) return;  // empty file: defaults
   if (!root.IsMap())
-    fail(origin, "", std::string("expected a map of sections (model:, optim:, ...) at the top level, got ") +
-                         shape_of(root));
+    fail(origin, "",
+         std::string("expected a map of sections (model:, optim:, ...) at the top level, got ") +
+             shape_of(root));
   apply_map(root, "", st, origin);
 }
 
@@ -509,15 +522,16 @@ Raw override_value(const std::string& text, bool string_key) {
 void apply_override(const std::string& arg, Parse& st) {
   const std::string origin = "--set " + arg;
   const size_t eq = arg.find('=');
-  if (eq == std::string::npos || eq == 0)
-    fail(origin, "", "expected KEY=VALUE, e.g. --set optim.lr=3e-4");
+  if (eq == std::string::npos || eq == 0) fail(origin, "", "expected KEY=VALUE, e.g. --set optim.lr=3e-4");
   const std::string path = arg.substr(0, eq);
   const Key* k = find_key(path);
   if (!k) {
-    if (is_section(path)) fail(origin, path, "is a section; set one of its keys, e.g. " + first_key_under(path));
+    if (is_section(path))
+      fail(origin, path, "is a section; set one of its keys, e.g. " + first_key_under(path));
     fail_unknown(origin, path, false);
   }
-  assign(*k, st.cfg, override_value(arg.substr(eq + 1), std::holds_alternative<std::string*>(k->field(st.cfg))), origin);
+  assign(*k, st.cfg, override_value(arg.substr(eq + 1), std::holds_alternative<std::string*>(probe(*k))),
+         origin);
   st.given.insert(path);
 }
 
@@ -556,7 +570,8 @@ std::string allowed_cell(const Key& k) {
   if (std::holds_alternative<std::string*>(f)) {
     if (!r.choices) return r.non_empty ? "non-empty" : "any";
     std::string out, c;
-    for (std::stringstream ss(r.choices); std::getline(ss, c, '|');) out += (out.empty() ? "`" : ", `") + c + "`";
+    for (std::stringstream ss(r.choices); std::getline(ss, c, '|');)
+      out += (out.empty() ? "`" : ", `") + c + "`";
     return out;
   }
   const std::string e = expected(k);
@@ -602,7 +617,8 @@ Config parse_config_text(const std::string& yaml_text, const std::string& origin
 Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
   if (path.empty()) return parse_config_text("", "", overrides);
   // An ifstream on a directory opens and reads as empty: say what is wrong instead of using defaults.
-  if (std::filesystem::is_directory(path)) throw Error("cannot read config file '" + path + "': it is a directory");
+  if (std::filesystem::is_directory(path))
+    throw Error("cannot read config file '" + path + "': it is a directory");
   std::ifstream in(path, std::ios::binary);
   if (!in) throw Error("cannot read config file '" + path + "': " + std::strerror(errno));
   std::ostringstream text;
@@ -649,8 +665,8 @@ std::string config_reference_markdown() {
       if (*section_intro(section)) md << section_intro(section) << "\n\n";
       md << "| key | type | default | allowed | meaning |\n| --- | --- | --- | --- | --- |\n";
     }
-    md << "| `" << k.path << "` | " << kTypeNames[probe(k).index()] << " | "
-       << md_cell(default_cell(k)) << " | " << md_cell(allowed_cell(k)) << " | " << md_cell(k.meaning) << " |\n";
+    md << "| `" << k.path << "` | " << kTypeNames[probe(k).index()] << " | " << md_cell(default_cell(k))
+       << " | " << md_cell(allowed_cell(k)) << " | " << md_cell(k.meaning) << " |\n";
   }
   return md.str();
 }

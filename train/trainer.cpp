@@ -20,6 +20,7 @@
 #include "train/checkpoint.h"
 #include "train/checkpoint_dir.h"
 #include "train/metrics.h"
+#include "train/moe_metrics.h"
 
 namespace fs = std::filesystem;
 
@@ -76,6 +77,7 @@ class Trainer {
   Rng rng_;
   std::string ckpt_root_;
   double last_loss_ = 0, last_norm_ = 0, last_lr_ = 0;
+  MoeStepStats moe_stats_;
 };
 
 template <class T>
@@ -167,9 +169,11 @@ bool Trainer<T>::train_step() {
   const T grad_scale = T(1.0 / (double(B) * cfg_.model.seq_len * grad_accum_));
   model_->zero_grad();
   double loss = 0;
+  moe_stats_.reset();
   for (int micro = 0; micro < grad_accum_; micro++) {
     train_data_->next_batch(B, rank_, world_, inputs_.data(), targets_.data());
     loss += model_->forward(inputs_.data(), targets_.data(), grad_scale, &rng_) / grad_accum_;
+    moe_stats_.add(model_->moe_stats(), model_->aux_loss());
     model_->backward();
   }
   last_loss_ = loss;
@@ -216,12 +220,14 @@ int Trainer<T>::run() {
     double ms = now_ms() - t0;
     ema_ms = ema_ms == 0 ? ms : 0.9 * ema_ms + 0.1 * ms;
     double tok_s = step_tokens / (ms / 1000.0);
-    metrics_->write(state_.step, {{"loss", last_loss_}, {"lr", last_lr_}, {"grad_norm", last_norm_},
-                                  {"tokens_per_s", tok_s}, {"step_ms", ms}});
+    std::vector<std::pair<std::string, double>> fields = {
+        {"loss", last_loss_}, {"lr", last_lr_}, {"grad_norm", last_norm_}, {"tokens_per_s", tok_s}, {"step_ms", ms}};
+    for (auto& f : moe_stats_.fields()) fields.push_back(f);
+    metrics_->write(state_.step, fields);
     if (tc.log_every > 0 && (state_.step % tc.log_every == 0 || state_.step == tc.max_steps))
-      log_info("step %5lld/%d | loss %.4f | lr %.2e | grad_norm %.3f | %.1f ms | %.0f tok/s | eta %s",
+      log_info("step %5lld/%d | loss %.4f | lr %.2e | grad_norm %.3f | %.1f ms | %.0f tok/s | eta %s%s",
                (long long)state_.step, tc.max_steps, last_loss_, last_lr_, last_norm_, ms, tok_s,
-               format_eta((tc.max_steps - state_.step) * ema_ms / 1000.0).c_str());
+               format_eta((tc.max_steps - state_.step) * ema_ms / 1000.0).c_str(), moe_stats_.summary().c_str());
     bool last = state_.step == tc.max_steps;
     if ((tc.eval_every > 0 && state_.step % tc.eval_every == 0) || last) {
       double vl = evaluate();

@@ -21,6 +21,7 @@ void attention_forward(T* out, T* att, const T* qkv, int B, int Tn, int C, int H
         for (int t2 = 0; t2 <= t; t2++) {
           const T* k = qkv + ((int64_t)b * Tn + t2) * C3 + C + h * hd;
           T s = 0;
+#pragma omp simd reduction(+ : s)
           for (int i = 0; i < hd; i++) s += q[i] * k[i];
           s *= scale;
           a[t2] = s;
@@ -38,6 +39,7 @@ void attention_forward(T* out, T* att, const T* qkv, int B, int Tn, int C, int H
         for (int i = 0; i < hd; i++) o[i] = 0;
         for (int t2 = 0; t2 <= t; t2++) {
           const T* v = qkv + ((int64_t)b * Tn + t2) * C3 + 2 * C + h * hd;
+#pragma omp simd
           for (int i = 0; i < hd; i++) o[i] += a[t2] * v[i];
         }
       }
@@ -65,6 +67,7 @@ void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* att, int 
           const T* v = qkv + ((int64_t)b * Tn + t2) * C3 + 2 * C + h * hd;
           T* dv = dqkv + ((int64_t)b * Tn + t2) * C3 + 2 * C + h * hd;
           T s = 0;
+#pragma omp simd reduction(+ : s)
           for (int i = 0; i < hd; i++) {
             s += dy[i] * v[i];
             dv[i] += a[t2] * dy[i];
@@ -76,6 +79,7 @@ void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* att, int 
           T dpre = a[t2] * (datt[t2] - dot) * scale;
           const T* k = qkv + ((int64_t)b * Tn + t2) * C3 + C + h * hd;
           T* dk = dqkv + ((int64_t)b * Tn + t2) * C3 + C + h * hd;
+#pragma omp simd
           for (int i = 0; i < hd; i++) {
             dq[i] += dpre * k[i];
             dk[i] += dpre * q[i];

@@ -13,8 +13,8 @@ namespace scmoe::cpu {
 int64_t dispatch_plan(const int32_t* topk_idx, int N, int k, int E, int64_t capacity, int32_t* pos,
                       int64_t* counts, int64_t* offsets) {
   SCMOE_CHECK(capacity >= 0, "dispatch_plan: negative capacity " << capacity << " (use N*k for dropless)");
-  SCMOE_CHECK((int64_t)N * k <= INT32_MAX, "dispatch_plan: N*k = " << (int64_t)N * k
-                                                                     << " rows do not fit the int32 pos");
+  SCMOE_CHECK((int64_t)N * k <= INT32_MAX,
+              "dispatch_plan: N*k = " << (int64_t)N * k << " rows do not fit the int32 pos");
   for (int e = 0; e < E; e++) counts[e] = 0;
   int64_t dropped = 0;
   // Serial and choice-major: the fill order decides who is dropped, so it must be exactly the
@@ -23,8 +23,8 @@ int64_t dispatch_plan(const int32_t* topk_idx, int N, int k, int E, int64_t capa
     for (int n = 0; n < N; n++) {
       int64_t i = (int64_t)n * k + j;
       int32_t e = topk_idx[i];
-      SCMOE_CHECK(e >= 0 && e < E, "dispatch_plan: token " << n << " choice " << j << " routes to expert " << e
-                                                           << ", outside [0, " << E << ")");
+      SCMOE_CHECK(e >= 0 && e < E, "dispatch_plan: token " << n << " choice " << j << " routes to expert "
+                                                           << e << ", outside [0, " << E << ")");
       if (counts[e] < capacity) {
         pos[i] = (int32_t)counts[e]++;
       } else {

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets (ASan + UBSan) and runs each for a time budget on a seeded corpus.
-# usage: run_fuzz.sh SOURCE_DIR SECONDS_PER_TARGET
+# usage: run_fuzz.sh SOURCE_DIR SECONDS_PER_TARGET        (FUZZ_CXX overrides the compiler)
 # Exit: 0 clean, 1 a crash/hang/leak was found or a build failed, 77 skipped (no usable clang).
-# Crash inputs are kept under ./fuzz-artifacts/ with the command that replays them.
+# Inputs that fail are kept in ./fuzz-artifacts/ with the commands that replay them.
 set -u
 
-src=$(cd "${1:?usage: run_fuzz.sh SOURCE_DIR SECONDS}" && pwd)
-seconds=${2:?usage: run_fuzz.sh SOURCE_DIR SECONDS}
+usage="usage: run_fuzz.sh SOURCE_DIR SECONDS_PER_TARGET"
+src=$(cd "${1:?$usage}" && pwd) || exit 1
+seconds=${2:?$usage}
+
 cxx=${FUZZ_CXX:-}
 if [[ -z "$cxx" ]]; then
   for c in clang++-14 clang++; do
@@ -20,9 +22,10 @@ fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/scmoe_fuzz.XXXXXX")
 trap 'rm -rf "$work"' EXIT
+# -fno-sanitize-recover: UBSan's reports would otherwise scroll by without failing the run.
 flags=(-std=c++17 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -I"$src")
 
-# clang without the fuzzer runtime (libclang-rt-*-dev) cannot link any target: that is a skip, not a bug.
+# clang without the fuzzer runtime (libclang-rt-*-dev) links no target at all: a skip, not a bug.
 printf 'extern "C" int LLVMFuzzerTestOneInput(const unsigned char*, unsigned long) { return 0; }\n' >"$work/probe.cpp"
 if ! "$cxx" "${flags[@]}" "$work/probe.cpp" -o "$work/probe" >"$work/probe.log" 2>&1; then
   echo "SKIP: $cxx cannot link -fsanitize=fuzzer (install libclang-rt-14-dev):"
@@ -30,61 +33,66 @@ if ! "$cxx" "${flags[@]}" "$work/probe.cpp" -o "$work/probe" >"$work/probe.log" 
   exit 77
 fi
 
-build() {  # name, sources and libraries...
-  local name=$1; shift
+declare -A build_cmd
+build() {  # target name, then sources and libraries
+  local name=$1
+  shift
+  build_cmd[$name]="$cxx ${flags[*]} $* -o $name"
   echo "== building $name"
   "$cxx" "${flags[@]}" "$@" -o "$work/$name" || { echo "FAIL: cannot build $name"; return 1; }
 }
 
 seed_corpora() {
-  mkdir -p "$work/corpus_config" "$work/corpus_shard"
-  if compgen -G "$src/configs/*.yaml" >/dev/null; then cp "$src"/configs/*.yaml "$work/corpus_config/"; fi
+  mkdir -p "$work/corpus_fuzz_config" "$work/corpus_fuzz_shard_header"
+  if compgen -G "$src/configs/*.yaml" >/dev/null; then cp "$src"/configs/*.yaml "$work/corpus_fuzz_config/"; fi
   printf 'model:\n  arch: scmoe\n  d_model: 64\ncomm:\n  simulate_link: {bandwidth_gb_s: 1.5}\n' \
-    >"$work/corpus_config/seed.yaml"
-  printf 'train: {seed: 1}\0optim.lr=1e-3\0model.arch=moe' >"$work/corpus_config/seed_with_sets"
-  # A valid shard: header (magic 20240520, version 1, 3 tokens, zero padding to 1024 bytes), 3 uint16.
+    >"$work/corpus_fuzz_config/seed.yaml"
+  # YAML, then NUL-separated --set arguments (see fuzz_config.cpp).
+  printf 'train: {seed: 1}\0optim.lr=1e-3\0model.arch=moe' >"$work/corpus_fuzz_config/seed_with_sets"
+  # Valid shards: header (magic 20240520, version, token count, zeros up to 1024 bytes), then tokens.
   python3 -c 'import struct,sys; sys.stdout.buffer.write(struct.pack("<3i", 20240520, 1, 3) + bytes(1012) + struct.pack("<3H", 1, 2, 3))' \
-    >"$work/corpus_shard/v1.bin"
+    >"$work/corpus_fuzz_shard_header/v1.bin"
   python3 -c 'import struct,sys; sys.stdout.buffer.write(struct.pack("<3i", 20240520, 2, 1) + bytes(1012) + struct.pack("<I", 70000))' \
-    >"$work/corpus_shard/v2.bin"
+    >"$work/corpus_fuzz_shard_header/v2.bin"
 }
 
-# Key names as a dictionary, so the fuzzer reaches valid keys and past the first "unknown key".
+# Key names as a dictionary, so that the fuzzer gets past "unknown key" to the values.
 make_dict() {
   local md="$src/docs/config.md"
-  : >"$work/config.dict"
+  printf '"true"\n"false"\n": "\n"\\x0a  "\n"{"\n"}"\n"="\n' >"$work/fuzz_config.dict"
   [[ -f "$md" ]] || return 0
-  grep -o '^| `[a-z_.]*`' "$md" | tr -d '|` ' | tr '.' '\n' | sort -u | sed 's/.*/"&"/' >>"$work/config.dict"
-  printf '"true"\n"false"\n": "\n"\\x0a  "\n"{"\n"}"\n"="\n' >>"$work/config.dict"
+  grep -o '^| `[a-z_.]*`' "$md" | tr -d '|` ' | tr '.' '\n' | sort -u | sed 's/.*/"&"/' >>"$work/fuzz_config.dict"
 }
 
-run() {  # name, extra libFuzzer flags...
-  local name=$1; shift
+run() {  # target name, then extra libFuzzer flags
+  local name=$1
+  shift
   mkdir -p "$work/artifacts"
   echo "== fuzzing $name for ${seconds}s"
   if "$work/$name" "$@" -max_total_time="$seconds" -timeout=5 -rss_limit_mb=2048 -print_final_stats=1 \
-      -artifact_prefix="$work/artifacts/$name-" "$work/corpus_${name#fuzz_}" >"$work/$name.log" 2>&1; then
-    tail -n 12 "$work/$name.log" | grep -E '^(stat::number_of_executed_units|stat::peak_rss_mb|Done)' || true
+    -artifact_prefix="$work/artifacts/$name-" "$work/corpus_$name" >"$work/$name.log" 2>&1; then
+    grep -E '^(stat::number_of_executed_units|stat::peak_rss_mb)' "$work/$name.log"
     return 0
   fi
   echo "FAIL: $name found a problem; its log ends with:"
   tail -n 40 "$work/$name.log"
   mkdir -p fuzz-artifacts
-  cp "$work/artifacts/$name-"* fuzz-artifacts/ 2>/dev/null
   for f in "$work/artifacts/$name-"*; do
-    [[ -e "$f" ]] && echo "kept $(pwd)/fuzz-artifacts/$(basename "$f"); replay: a build of $name with the input as its argument"
+    [[ -e "$f" ]] || continue
+    cp "$f" fuzz-artifacts/
+    echo "kept $(pwd)/fuzz-artifacts/$(basename "$f"); replay with:"
+    echo "  ${build_cmd[$name]} && ./$name $(pwd)/fuzz-artifacts/$(basename "$f")"
   done
   return 1
 }
 
 seed_corpora
 make_dict
-mv "$work/corpus_config" "$work/corpus_config" 2>/dev/null
 status=0
 build fuzz_config "$src/tests/fuzz/fuzz_config.cpp" "$src/train/config.cpp" -lyaml-cpp || status=1
 build fuzz_shard_header "$src/tests/fuzz/fuzz_shard_header.cpp" "$src/data/shard.cpp" || status=1
 [[ $status == 0 ]] || exit 1
-run fuzz_config -dict="$work/config.dict" || status=1
+run fuzz_config -dict="$work/fuzz_config.dict" || status=1
 run fuzz_shard_header || status=1
 [[ $status == 0 ]] && echo "fuzzing clean"
 exit $status

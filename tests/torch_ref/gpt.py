@@ -4,8 +4,27 @@ It is written from the model's specification, not from the C++ code, so that the
 (compare.py) cross-checks two implementations. Parameters live in one flat dict keyed by their
 safetensors names; layers are plain functions of (params, name prefix, input), and an architecture
 is a list of parameter specs plus a list of stages. That keeps parameter names independent of any
-module nesting, so that MoE variants whose stages span two blocks (the ScMoE pair reads
-blocks.{l}.* and blocks.{l+1}.*) or own expert tensors can be added as further builders in ARCHS.
+module nesting, so that blocks whose computation reads another block's activations (the ScMoE
+shortcut taps) or own expert tensors need no special structure.
+
+Architectures (cfg["arch"]): dense | moe | shared_expert | scmoe. Block l is an MoE block iff
+arch != dense and (l + 1) % every == 0; every other block is a dense block. Every block computes
+a = h + Attn(LN1(h)), u = LN2(a), then
+    dense block:            out = a + MLP(u)
+    moe:                    out = a + MoE(u)
+    shared_expert:          out = a + SE(u) + MoE(u)
+    scmoe:                  out = a + combine(SE(u), MoE(x)), x the shortcut tap:
+        position 1: x = NormMoE(h_l)      (this block's input)
+        position 2: x = u_{l-1}           (LN2 output of the preceding block)
+        position 3: x = NormMoE(h_{l-1})  (the preceding block's input)
+        combine add: SE + MoE;  cg1: sigmoid(u Wc^T) * SE + MoE;  cg2: softmax(u Wc^T) weights both.
+The MoE layer: softmax gate over all experts, top-k (ties towards the lower expert index),
+optional renormalisation, capacity cap = min(k * ceil(cf * N / E), N) per expert (cf <= 0:
+dropless) with assignments admitted choice-major, load-balancing aux loss and router z-loss.
+
+GPT.forward returns (logits, objective) with objective = cross-entropy + sum over MoE layers of
+(aux_loss_coef * aux + z_loss_coef * z); after a forward, model.last_ce, model.last_aux (detached)
+and model.moe_stats (routing statistics per MoE layer) hold the parts.
 """
 
 import math
@@ -18,10 +37,62 @@ INIT_STD = 0.02
 
 _INT_KEYS = ("n_layer", "d_model", "n_head", "d_ff", "seq_len", "vocab_size")
 
+ARCH_NAMES = ("dense", "moe", "shared_expert", "scmoe")
+COMBINES = ("add", "cg1", "cg2")
+
+# Router z-loss. The spec writes it as mean_n(logsumexp(logits[n,:]))^2, i.e. the square of the
+# mean ("square_of_mean"); the ST-MoE paper's z-loss is the mean of the squares ("mean_of_square").
+# compare.py can switch this (--z-loss) and, on an aux_loss mismatch, says which form matches.
+Z_LOSS_FORMS = ("square_of_mean", "mean_of_square")
+Z_LOSS_FORM = "square_of_mean"
+
+# MoE settings: (parser, default). A default of None for top_k means: 2 for arch moe, else 1.
+_MOE_KEYS = {
+    "num_experts": (int, 8),
+    "top_k": (int, None),
+    "every": (int, 2),
+    "capacity_factor": (float, 2.0),
+    "aux_loss_coef": (float, 0.01),
+    "z_loss_coef": (float, 0.0),
+    "renormalize": ("bool", True),
+    "position": (int, 2),
+    "combine": (str, "cg1"),
+    "gate_noise": (float, 0.0),
+}
+
+
+def _parse_bool(key, v):
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, int) and v in (0, 1):
+        return bool(v)
+    if isinstance(v, str) and v.strip().lower() in ("1", "true"):
+        return True
+    if isinstance(v, str) and v.strip().lower() in ("0", "false"):
+        return False
+    raise ValueError(f"config {key} must be 1/0 (or true/false), got {v!r}")
+
+
+def _parse_moe_value(key, v):
+    kind = _MOE_KEYS[key][0]
+    if kind == "bool":
+        return _parse_bool(key, v)
+    if key == "gate_noise" and isinstance(v, str) and v.strip().lower() in ("true", "false"):
+        return 1.0 if v.strip().lower() == "true" else 0.0
+    try:
+        if kind is int and isinstance(v, float):
+            raise ValueError
+        if kind is int and isinstance(v, str):
+            return int(v.strip(), 10)
+        return kind(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"config {key} must be {kind.__name__}, got {v!r}") from None
+
 
 def make_config(n_layer, d_model, n_head, d_ff, seq_len, vocab_size, norm="layernorm",
                 arch="dense", **extra):
-    """A validated config dict; extra keys (future MoE settings) are kept as given."""
+    """A validated config dict. MoE settings (see _MOE_KEYS) are parsed (strings accepted, as
+    metadata gives them) and defaulted; any other extra keys are kept as given."""
     cfg = dict(n_layer=int(n_layer), d_model=int(d_model), n_head=int(n_head), d_ff=int(d_ff),
                seq_len=int(seq_len), vocab_size=int(vocab_size), norm=str(norm), arch=str(arch))
     cfg.update(extra)
@@ -34,18 +105,70 @@ def make_config(n_layer, d_model, n_head, d_ff, seq_len, vocab_size, norm="layer
         raise ValueError(f"norm must be layernorm or rmsnorm, got {cfg['norm']!r}")
     if cfg["arch"] not in ARCHS:
         raise ValueError(f"arch {cfg['arch']!r} is not implemented here (have: {sorted(ARCHS)})")
+    for key, (_, default) in _MOE_KEYS.items():
+        if key in cfg and cfg[key] is not None:
+            cfg[key] = _parse_moe_value(key, cfg[key])
+        else:
+            cfg[key] = default
+    if cfg["top_k"] is None:
+        cfg["top_k"] = 2 if cfg["arch"] == "moe" else 1
+    if cfg["arch"] != "dense":
+        _validate_moe(cfg)
     return cfg
+
+
+def _validate_moe(cfg):
+    E, k = cfg["num_experts"], cfg["top_k"]
+    if E < 1:
+        raise ValueError(f"num_experts must be >= 1, got {E}")
+    if not 1 <= k <= E:
+        raise ValueError(f"top_k must be in [1, num_experts = {E}], got {k}")
+    if cfg["every"] < 1:
+        raise ValueError(f"every must be >= 1, got {cfg['every']}")
+    for key in ("capacity_factor", "aux_loss_coef", "z_loss_coef"):
+        if not math.isfinite(cfg[key]):
+            raise ValueError(f"{key} must be finite, got {cfg[key]}")
+    if cfg["gate_noise"] != 0:
+        raise ValueError("gate_noise must be 0: the reference has no (random) gate noise")
+    if not any(is_moe_block(cfg, l) for l in range(cfg["n_layer"])):
+        raise ValueError(f"arch {cfg['arch']} with n_layer {cfg['n_layer']} and every "
+                         f"{cfg['every']} has no MoE block")
+    if cfg["arch"] == "scmoe":
+        if cfg["position"] not in (1, 2, 3):
+            raise ValueError(f"position must be 1, 2 or 3, got {cfg['position']}")
+        if cfg["combine"] not in COMBINES:
+            raise ValueError(f"combine must be one of {COMBINES}, got {cfg['combine']!r}")
+        if cfg["position"] in (2, 3) and is_moe_block(cfg, 0):
+            # Positions 2 and 3 tap block l-1, which block 0 does not have.
+            raise ValueError(f"scmoe position {cfg['position']} needs a preceding block, but "
+                             f"block 0 is an MoE block (every = {cfg['every']})")
 
 
 def config_from_metadata(meta):
     """Config from safetensors metadata, where every value is a string."""
     missing = [k for k in _INT_KEYS + ("norm",) if k not in meta]
+    arch = meta.get("arch", "dense")
+    if arch != "dense":
+        # MoE dumps must state every setting the computation depends on: a default here could
+        # silently differ from the C++ side's.
+        need = ["num_experts", "top_k", "every", "capacity_factor", "aux_loss_coef",
+                "z_loss_coef", "renormalize"]
+        if arch == "scmoe":
+            need += ["position", "combine"]
+        missing += [k for k in need if k not in meta]
     if missing:
         raise ValueError(f"metadata lacks {missing}")
     known = set(_INT_KEYS) | {"norm", "arch", "dtype"}
     extra = {k: v for k, v in meta.items() if k not in known}
-    return make_config(**{k: meta[k] for k in _INT_KEYS}, norm=meta["norm"],
-                       arch=meta.get("arch", "dense"), **extra)
+    return make_config(**{k: meta[k] for k in _INT_KEYS}, norm=meta["norm"], arch=arch, **extra)
+
+
+def is_moe_block(cfg, l):
+    return cfg["arch"] != "dense" and (l + 1) % cfg["every"] == 0
+
+
+def moe_layers(cfg):
+    return [l for l in range(cfg["n_layer"]) if is_moe_block(cfg, l)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -80,17 +203,108 @@ def mlp(p, prefix, x):
     return linear(p, prefix + ".proj", F.gelu(linear(p, prefix + ".fc", x), approximate="tanh"))
 
 
-def dense_block(p, prefix, x, cfg):
-    x = x + attention(p, prefix + ".attn", norm(p, prefix + ".ln1", x, cfg["norm"]), cfg["n_head"])
-    return x + mlp(p, prefix + ".mlp", norm(p, prefix + ".ln2", x, cfg["norm"]))
+def moe_capacity(cfg, N):
+    """Per-expert capacity for N tokens: min(k * ceil(cf * N / E), N), or N * k when dropless."""
+    E, k, cf = cfg["num_experts"], cfg["top_k"], cfg["capacity_factor"]
+    if cf > 0:
+        return min(k * math.ceil(cf * N / E), N)
+    return N * k
+
+
+def moe(p, prefix, x, cfg, ctx, layer):
+    """Routed experts on every token row of x [B, T, C]; returns [B, T, C].
+
+    Appends the layer's coefficient-weighted aux + z loss to ctx["aux"] and its routing
+    statistics to ctx["stats"].
+    """
+    B, T, C = x.shape
+    N, E, k = B * T, cfg["num_experts"], cfg["top_k"]
+    xf = x.reshape(N, C)  # row n = b * T + t
+    logits = xf @ p[prefix + ".gate.weight"].t()  # [N, E]
+    probs = logits.softmax(dim=-1)
+    # Stable descending sort: among equal probabilities the lower expert index comes first.
+    sorted_probs, order = torch.sort(probs.detach(), dim=-1, descending=True, stable=True)
+    idx = order[:, :k]  # [N, k], j = 0 .. k-1 in descending probability
+    gates = probs.gather(1, idx)
+    if cfg["renormalize"] and k > 1:
+        gates = gates / gates.sum(dim=-1, keepdim=True)
+
+    # Capacity, choice-major: the sequence (j = 0: n = 0..N-1), (j = 1: n = 0..N-1), ...; an
+    # assignment is admitted iff fewer than cap earlier assignments of the sequence went to its
+    # expert (earlier dropped ones never count, since an expert only drops once it is full).
+    cap = moe_capacity(cfg, N)
+    seq = idx.t().reshape(-1)  # [k * N], choice-major
+    rank = (F.one_hot(seq, E).cumsum(dim=0) - 1).gather(1, seq[:, None])[:, 0]
+    admitted = (rank < cap).reshape(k, N).t()  # [N, k]
+
+    out = torch.zeros_like(xf)
+    for e in range(E):
+        n, j = torch.nonzero((idx == e) & admitted, as_tuple=True)
+        if n.numel() == 0:
+            continue
+        y = mlp(p, f"{prefix}.experts.{e}", xf[n]) * gates[n, j].unsqueeze(-1)
+        out = out.index_add(0, n, y)
+
+    # Load balancing: E * sum_e mean_n(p_e) * count_e / (N k), counts before capacity, constant.
+    counts = torch.bincount(idx.reshape(-1), minlength=E).to(probs.dtype)
+    aux = E * torch.sum(probs.mean(dim=0) * counts / (N * k))
+    lse = torch.logsumexp(logits, dim=-1)
+    if Z_LOSS_FORM == "square_of_mean":
+        z = lse.mean() ** 2
+    elif Z_LOSS_FORM == "mean_of_square":
+        z = (lse ** 2).mean()
+    else:
+        raise ValueError(f"Z_LOSS_FORM must be one of {Z_LOSS_FORMS}, got {Z_LOSS_FORM!r}")
+    ctx["aux"].append(cfg["aux_loss_coef"] * aux + cfg["z_loss_coef"] * z)
+    # Statistics stay tensors (no device sync); compare.py reads them after the forward.
+    margin = (sorted_probs[:, k - 1] - sorted_probs[:, k]).min() if k < E else None
+    ctx["stats"].append(dict(layer=layer, prefix=prefix, tokens=N, cap=cap,
+                             counts=counts.detach(), admitted=admitted.sum(dim=0).detach(),
+                             dropped=(~admitted).sum().detach(), margin=margin,
+                             aux=aux.detach(), z=z.detach()))
+    return out.reshape(B, T, C)
+
+
+def block(p, cfg, l, h, ctx):
+    """Block l on its input h [B, T, C]; records h and u in ctx for the next block's taps."""
+    prefix, kind = f"blocks.{l}", cfg["norm"]
+    a = h + attention(p, prefix + ".attn", norm(p, prefix + ".ln1", h, kind), cfg["n_head"])
+    u = norm(p, prefix + ".ln2", a, kind)
+    ctx["h"][l], ctx["u"][l] = h, u
+    if not is_moe_block(cfg, l):
+        return a + mlp(p, prefix + ".mlp", u)
+    arch = cfg["arch"]
+    if arch == "moe":
+        return a + moe(p, prefix + ".moe", u, cfg, ctx, l)
+    if arch == "shared_expert":
+        return a + mlp(p, prefix + ".shared_expert", u) + moe(p, prefix + ".moe", u, cfg, ctx, l)
+    assert arch == "scmoe"
+    pos = cfg["position"]
+    if pos == 1:
+        x = norm(p, prefix + ".moe.norm", h, kind)
+    elif pos == 2:
+        x = ctx["u"][l - 1]
+    else:
+        x = norm(p, prefix + ".moe.norm", ctx["h"][l - 1], kind)
+    se = mlp(p, prefix + ".shared_expert", u)
+    routed = moe(p, prefix + ".moe", x, cfg, ctx, l)
+    combine = cfg["combine"]
+    if combine == "add":
+        return a + se + routed
+    logit = u @ p[prefix + ".combine.weight"].t()
+    if combine == "cg1":
+        return a + torch.sigmoid(logit) * se + routed
+    alpha = logit.softmax(dim=-1)
+    return a + alpha[..., 0:1] * se + alpha[..., 1:2] * routed
 
 
 # ---------------------------------------------------------------------------------------------
 # Architectures. A builder returns (specs, stages):
 #   specs:  list of (name, shape, init) with init in {"normal", "proj", "ones", "zeros"};
-#   stages: list of callables stage(p, x, aux) -> x, run in order between embedding and ln_f.
-#           aux is a list to which a stage may append scalar losses (MoE balance / z-loss);
-#           GPT.forward adds them to the cross-entropy.
+#   stages: list of callables stage(p, x, ctx) -> x, run in order between embedding and ln_f.
+#           ctx is a per-forward dict: "aux" (list of scalar losses GPT.forward adds to the
+#           cross-entropy), "stats" (routing statistics), "h" / "u" (block inputs and LN2
+#           outputs by block index, for the shortcut taps).
 
 def norm_specs(cfg, prefix):
     specs = [(prefix + ".weight", (cfg["d_model"],), "ones")]
@@ -103,27 +317,45 @@ def linear_specs(prefix, n_out, n_in, init="normal"):
     return [(prefix + ".weight", (n_out, n_in), init), (prefix + ".bias", (n_out,), "zeros")]
 
 
-def dense_block_specs(cfg, prefix):
+def mlp_specs(cfg, prefix):
     C, Fd = cfg["d_model"], cfg["d_ff"]
-    return (norm_specs(cfg, prefix + ".ln1")
-            + linear_specs(prefix + ".attn.qkv", 3 * C, C)
-            + linear_specs(prefix + ".attn.proj", C, C, "proj")
-            + norm_specs(cfg, prefix + ".ln2")
-            + linear_specs(prefix + ".mlp.fc", Fd, C)
-            + linear_specs(prefix + ".mlp.proj", C, Fd, "proj"))
+    return linear_specs(prefix + ".fc", Fd, C) + linear_specs(prefix + ".proj", C, Fd, "proj")
 
 
-def build_dense(cfg):
+def block_specs(cfg, l):
+    prefix, C = f"blocks.{l}", cfg["d_model"]
+    specs = (norm_specs(cfg, prefix + ".ln1")
+             + linear_specs(prefix + ".attn.qkv", 3 * C, C)
+             + linear_specs(prefix + ".attn.proj", C, C, "proj")
+             + norm_specs(cfg, prefix + ".ln2"))
+    if not is_moe_block(cfg, l):
+        return specs + mlp_specs(cfg, prefix + ".mlp")
+    arch = cfg["arch"]
+    if arch in ("shared_expert", "scmoe"):
+        specs += mlp_specs(cfg, prefix + ".shared_expert")
+    if arch == "scmoe":
+        if cfg["combine"] != "add":
+            n_logits = 1 if cfg["combine"] == "cg1" else 2
+            specs.append((prefix + ".combine.weight", (n_logits, C), "normal"))
+        if cfg["position"] in (1, 3):
+            specs += norm_specs(cfg, prefix + ".moe.norm")
+    specs.append((prefix + ".moe.gate.weight", (cfg["num_experts"], C), "normal"))
+    for e in range(cfg["num_experts"]):
+        specs += mlp_specs(cfg, f"{prefix}.moe.experts.{e}")
+    return specs
+
+
+def build_blocks(cfg):
     specs, stages = [], []
     for l in range(cfg["n_layer"]):
-        prefix = f"blocks.{l}"
-        specs += dense_block_specs(cfg, prefix)
-        # Default argument binds this block's prefix (a closure would see the last one).
-        stages.append(lambda p, x, aux, prefix=prefix: dense_block(p, prefix, x, cfg))
+        specs += block_specs(cfg, l)
+        # Default argument binds this block's index (a closure would see the last one).
+        stages.append(lambda p, x, ctx, l=l: block(p, cfg, l, x, ctx))
     return specs, stages
 
 
-ARCHS = {"dense": build_dense}
+# Every architecture is one builder: block_specs / block dispatch on cfg["arch"].
+ARCHS = {name: build_blocks for name in ARCH_NAMES}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -140,10 +372,10 @@ class GPT(torch.nn.Module):
         super().__init__()
         self.cfg = config
         C = config["d_model"]
-        block_specs, self.stages = ARCHS[config["arch"]](config)
+        block_specs_, self.stages = ARCHS[config["arch"]](config)
         self.specs = ([("wte", (config["vocab_size"], C), "normal"),
                        ("wpe", (config["seq_len"], C), "normal")]
-                      + block_specs + norm_specs(config, "ln_f"))
+                      + block_specs_ + norm_specs(config, "ln_f"))
         self.p = {}
         for name, shape, _ in self.specs:
             if name in self.p:
@@ -151,6 +383,8 @@ class GPT(torch.nn.Module):
             param = torch.nn.Parameter(torch.zeros(shape, dtype=dtype, device=device))
             self.p[name] = param
             self.register_parameter(name.replace(".", "__"), param)
+        self.last_ce = self.last_aux = None
+        self.moe_stats = []
         self.init_params()
         if params is not None:
             self.load_params(params)
@@ -190,20 +424,30 @@ class GPT(torch.nn.Module):
             t.copy_(src.to(dtype=t.dtype, device=t.device))
 
     def forward(self, idx, targets=None):
-        """Returns (logits [B, T, V], loss or None); idx and targets are integer [B, T]."""
+        """Returns (logits [B, T, V], objective or None); idx and targets are integer [B, T].
+
+        objective = mean cross-entropy + the MoE layers' weighted aux and z losses; the parts are
+        left in self.last_ce and self.last_aux (0 without MoE layers), detached.
+        """
         B, T = idx.shape
         if T > self.cfg["seq_len"]:
             raise ValueError(f"sequence length {T} exceeds seq_len {self.cfg['seq_len']}")
         idx = idx.long()
         x = self.p["wte"][idx] + self.p["wpe"][:T]
-        aux = []
+        ctx = {"aux": [], "stats": [], "h": {}, "u": {}}
         for stage in self.stages:
-            x = stage(self.p, x, aux)
+            x = stage(self.p, x, ctx)
+        self.moe_stats = ctx["stats"]
         x = norm(self.p, "ln_f", x, self.cfg["norm"])
         logits = x @ self.p["wte"].t()  # tied head
         if targets is None:
             return logits, None
-        loss = F.cross_entropy(logits.reshape(B * T, -1), targets.reshape(B * T).long())
-        for a in aux:
-            loss = loss + a
+        ce = F.cross_entropy(logits.reshape(B * T, -1), targets.reshape(B * T).long())
+        loss = ce
+        aux_total = torch.zeros((), dtype=ce.dtype, device=ce.device)
+        for a in ctx["aux"]:
+            aux_total = aux_total + a
+        if ctx["aux"]:
+            loss = ce + aux_total
+        self.last_ce, self.last_aux = ce.detach(), aux_total.detach()
         return logits, loss
