@@ -55,7 +55,8 @@ struct Block {
   void setup_moe(ParamTable& pt, const std::string& name, const ModelConfig& mc, const MoeConfig& mo, int k,
                  bool shared_expert, Combine comb, bool own_norm) {
     has_mlp = shared_expert;
-    if (shared_expert) mlp.setup(pt, name + ".shared_expert", C, mc.d_ff, mc.init_std, proj_std(mc));
+    const int F = mo.d_expert > 0 ? mo.d_expert : mc.d_ff;
+    if (shared_expert) mlp.setup(pt, name + ".shared_expert", C, F, mc.init_std, proj_std(mc));
     combine = comb;
     if (comb != Combine::add) combine_gate.setup(pt, name + ".combine", C, comb == Combine::cg1 ? 1 : 2, false, mc.init_std);
     moe_own_norm = own_norm;

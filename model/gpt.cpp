@@ -2,6 +2,7 @@
 // wires each routed branch to its input tap, and routes the tap gradients back in backward.
 #include "model/gpt.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/rng.h"
@@ -25,6 +26,7 @@ GPT<T>::GPT(const Config& cfg, int micro_batch)
               "model.arch: expected dense|moe|shared_expert|scmoe, got '" << arch << "'");
   const MoeConfig& mo = cfg.moe;
   const int k = mo.top_k > 0 ? mo.top_k : default_top_k(arch);
+  d_expert_ = mo.d_expert > 0 ? mo.d_expert : mc_.d_ff;
   top_k_ = arch == "dense" ? 0 : k;
   const int pos = cfg.scmoe.position;
   if (arch != "dense") {
@@ -97,7 +99,7 @@ void GPT<T>::alloc_activations(Arena& a) {
   logits_ = a.alloc<T>((size_t)N * V_);
   losses_ = a.alloc<T>(N);
   dresid_ = a.alloc<T>(NC);
-  scratch_.alloc(a, N, C_, mc_.d_ff);
+  scratch_.alloc(a, N, C_, std::max(mc_.d_ff, d_expert_));
 }
 
 template <class T>

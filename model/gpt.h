@@ -53,7 +53,7 @@ class GPT {
 
   ModelConfig mc_;
   int B_, Tn_, C_, V_;
-  int top_k_ = 0;
+  int top_k_ = 0, d_expert_ = 0;
   ParamTable table_;
   std::vector<T> params_, grads_;
   size_t wte_off_ = 0, wpe_off_ = 0;

@@ -43,7 +43,7 @@ struct MoE {
   T* dx = nullptr;
 
   void setup(ParamTable& pt, const std::string& name, const ModelConfig& mc, const MoeConfig& moe, int top_k) {
-    C = mc.d_model, F = mc.d_ff, E = moe.num_experts, k = top_k;
+    C = mc.d_model, F = moe.d_expert > 0 ? moe.d_expert : mc.d_ff, E = moe.num_experts, k = top_k;
     renormalize = moe.renormalize, noise = moe.gate_noise;
     capacity_factor = moe.capacity_factor, aux_coef = moe.aux_loss_coef, z_coef = moe.z_loss_coef;
     double proj_std = mc.init_std / std::sqrt(2.0 * mc.n_layer);

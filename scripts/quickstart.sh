@@ -5,13 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 scripts/build.sh
-text=${SCMOE_TEXT:-../shared/data/tinyshakespeare.txt}
+# Tiny Shakespeare (public domain, 1.1 MB) ships in the repository as data/tinyshakespeare.txt.
 if [[ ! -f data/tinyshakespeare/train_000000.bin ]]; then
-  if [[ ! -f $text ]]; then
-    text=data/tinyshakespeare.txt
-    [[ -f $text ]] || curl -fsSL -o "$text" \
-      https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt
-  fi
-  python3 data/prepare.py --input "$text" --out-dir data/tinyshakespeare --tokenizer byte
+  python3 data/prepare.py --input data/tinyshakespeare.txt --out-dir data/tinyshakespeare --tokenizer byte
 fi
 exec build/train --config configs/quickstart.yaml "$@"

@@ -17,3 +17,18 @@ scmoe_reference_test(reference_dense_rmsnorm_f64 train.dtype=float64 model.norm=
 scmoe_reference_test(reference_dense_f32 train.dtype=float32)
 add_test(NAME reference_selftest COMMAND ${SCMOE_TORCH_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/torch_ref/compare.py --self-test)
 set_tests_properties(reference_selftest PROPERTIES LABELS reference SKIP_RETURN_CODE 77 TIMEOUT 300)
+
+# MoE family: every architecture, with drops (capacity 0.5), dropless, ScMoE-2, every combine and position.
+set(SCMOE_REF_MOE train.dtype=float64 model.n_layer=4 moe.num_experts=4 moe.z_loss_coef=0.01 moe.aux_loss_coef=0.1)
+scmoe_reference_test(reference_moe_top2_f64 ${SCMOE_REF_MOE} model.arch=moe moe.top_k=2)
+scmoe_reference_test(reference_moe_top1_drops_f64 ${SCMOE_REF_MOE} model.arch=moe moe.top_k=1 moe.capacity_factor=0.5)
+scmoe_reference_test(reference_moe_dropless_k4_f64 ${SCMOE_REF_MOE} model.arch=moe moe.top_k=4 moe.capacity_factor=0)
+scmoe_reference_test(reference_shared_expert_f64 ${SCMOE_REF_MOE} model.arch=shared_expert)
+foreach(pos 1 2 3)
+  foreach(comb add cg1 cg2)
+    scmoe_reference_test(reference_scmoe_pos${pos}_${comb}_f64 ${SCMOE_REF_MOE} model.arch=scmoe scmoe.position=${pos} scmoe.combine=${comb})
+  endforeach()
+endforeach()
+scmoe_reference_test(reference_scmoe2_drops_f64 ${SCMOE_REF_MOE} model.arch=scmoe moe.top_k=2 moe.capacity_factor=0.5)
+scmoe_reference_test(reference_scmoe_pos1_every1_rms_f64 ${SCMOE_REF_MOE} model.arch=scmoe scmoe.position=1 moe.every=1 model.norm=rmsnorm)
+scmoe_reference_test(reference_scmoe_f32 train.dtype=float32 model.n_layer=4 moe.num_experts=4 model.arch=scmoe)

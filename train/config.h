@@ -12,7 +12,7 @@ struct ModelConfig {
   int n_layer = 4;
   int d_model = 128;
   int n_head = 4;
-  int d_ff = 512;      // MLP hidden size; also the hidden size of every expert and of the shared expert
+  int d_ff = 512;      // dense MLP hidden size; also the experts' unless moe.d_expert is set
   int seq_len = 128;
   int vocab_size = 256;
   std::string norm = "layernorm";  // layernorm | rmsnorm
@@ -23,6 +23,7 @@ struct MoeConfig {
   int num_experts = 8;
   int top_k = 2;               // routed experts per token (moe: 2, scmoe/shared_expert use 1 unless set)
   int every = 2;               // an MoE layer every `every` blocks (the last of each group)
+  int d_expert = 0;            // hidden size of each routed expert and the shared expert; 0: model.d_ff
   double capacity_factor = 2.0;  // <= 0: dropless
   double aux_loss_coef = 0.01;
   double z_loss_coef = 0.0;

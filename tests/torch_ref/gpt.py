@@ -44,7 +44,7 @@ COMBINES = ("add", "cg1", "cg2")
 # mean ("square_of_mean"); the ST-MoE paper's z-loss is the mean of the squares ("mean_of_square").
 # compare.py can switch this (--z-loss) and, on an aux_loss mismatch, says which form matches.
 Z_LOSS_FORMS = ("square_of_mean", "mean_of_square")
-Z_LOSS_FORM = "square_of_mean"
+Z_LOSS_FORM = "mean_of_square"  # ST-MoE: mean over tokens of logsumexp^2
 
 # MoE settings: (parser, default). A default of None for top_k means: 2 for arch moe, else 1.
 _MOE_KEYS = {
@@ -259,7 +259,8 @@ def moe(p, prefix, x, cfg, ctx, layer):
     # Statistics stay tensors (no device sync); compare.py reads them after the forward.
     margin = (sorted_probs[:, k - 1] - sorted_probs[:, k]).min() if k < E else None
     ctx["stats"].append(dict(layer=layer, prefix=prefix, tokens=N, cap=cap,
-                             counts=counts.detach(), admitted=admitted.sum(dim=0).detach(),
+                             counts=counts.detach(),
+                             admitted=torch.bincount(idx[admitted], minlength=E),
                              dropped=(~admitted).sum().detach(), margin=margin,
                              aux=aux.detach(), z=z.detach()))
     return out.reshape(B, T, C)
@@ -422,6 +423,12 @@ class GPT(torch.nn.Module):
             if tuple(src.shape) != tuple(t.shape):
                 raise ValueError(f"{name}: shape {tuple(src.shape)}, expected {tuple(t.shape)}")
             t.copy_(src.to(dtype=t.dtype, device=t.device))
+
+    def grad(self, name):
+        """The gradient of parameter name after backward, zeros where autograd left none (an
+        expert that received no token is not in the graph)."""
+        p = self.p[name]
+        return p.grad if p.grad is not None else torch.zeros_like(p)
 
     def forward(self, idx, targets=None):
         """Returns (logits [B, T, V], objective or None); idx and targets are integer [B, T].

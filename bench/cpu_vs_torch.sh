@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# CPU training throughput of our `train` beside the same model in PyTorch, in one run on one machine.
+#   bench/cpu_vs_torch.sh [STEPS] [THREADS]      (defaults: 40 steps, all cores)
+# Model: configs/quickstart.yaml (4 layers, d_model 128, 4 heads, d_ff 512, seq 128, batch 16, vocab 256).
+# Both sides: float32, AdamW + clipping, the same thread count (OMP_NUM_THREADS for PyTorch as well).
+# Prints a Markdown table; tokens/s are medians over the steps after the first 5 (warm-up).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+STEPS=${1:-40}
+THREADS=${2:-$(nproc)}
+[[ -x build/train ]] || scripts/build.sh >/dev/null
+[[ -f data/tinyshakespeare/train_000000.bin ]] ||
+  python3 data/prepare.py --input data/tinyshakespeare.txt --out-dir data/tinyshakespeare >/dev/null
+out=$(mktemp -d)
+build/train --config configs/quickstart.yaml --set train.max_steps="$STEPS" --set train.eval_every=0 \
+  --set checkpoint.every=0 --set train.log_every=0 --set train.threads="$THREADS" --set optim.warmup_steps=5 \
+  --set train.out_dir="$out" >/dev/null
+ours=$(python3 - "$out/metrics.jsonl" <<'PY'
+import json, statistics, sys
+v = [json.loads(l)["tokens_per_s"] for l in open(sys.argv[1]) if '"tokens_per_s"' in l][5:]
+print(f"{statistics.median(v):.0f}")
+PY
+)
+rm -rf "$out"
+torch_line=$(OMP_NUM_THREADS=$THREADS /usr/bin/python3 bench/torch_train.py --n-layer 4 --d-model 128 --n-head 4 \
+  --d-ff 512 --seq-len 128 --vocab-size 256 --batch-size 16 --steps "$STEPS" --warmup 5 --threads "$THREADS" | tail -1)
+theirs=$(echo "$torch_line" | awk '{print $3}')
+cpu=$(lscpu | sed -n 's/^Model name:\s*//p')
+echo "| implementation | tokens/s | machine |"
+echo "| --- | --- | --- |"
+echo "| scmoe train (C++, OpenBLAS) | $ours | $cpu, $THREADS threads |"
+printf "| PyTorch %s eager | %.0f | same |\n" "$(/usr/bin/python3 -c 'import torch; print(torch.__version__)')" "$theirs"
+python3 -c "print(f'speed-up: {$ours / $theirs:.2f}x')"

@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# End-to-end tests of the `train` binary (registered in tests/train.cmake):
+#   train_tests.sh TRAIN_BIN SOURCE_DIR CASE
+# Each case works in its own scratch directory and fails with a message saying what was expected.
+set -euo pipefail
+TRAIN=$1 SRC=$2 CASE=$3
+WORK=$(pwd)/train_test_$CASE
+rm -rf "$WORK" && mkdir -p "$WORK" && cd "$WORK"
+
+fail() { echo "FAIL ($CASE): $*" >&2; exit 1; }
+
+# Byte-level Tiny Shakespeare shards, prepared once per build tree.
+DATA=$(dirname "$WORK")/ts_data
+if [[ ! -f $DATA/train_000000.bin ]]; then
+  python3 "$SRC/data/prepare.py" --input "$SRC/data/tinyshakespeare.txt" --out-dir "$DATA.$$" --tokenizer byte >/dev/null
+  mv -T "$DATA.$$" "$DATA" 2>/dev/null || rm -rf "$DATA.$$"  # another test may have won the race
+fi
+
+TINY=(--set model.n_layer=2 --set model.d_model=64 --set model.n_head=4 --set model.d_ff=256
+      --set model.seq_len=64 --set train.batch_size=8 --set train.log_every=1 --set train.eval_batches=4
+      --set "data.train=$DATA/train_*.bin" --set "data.val=$DATA/val_*.bin" --set train.threads=1)  # ctest runs two cases at once on 2 cores
+
+val_of() { grep -o '"val_loss":[0-9.e+-]*' "$1/metrics.jsonl" | tail -1 | cut -d: -f2; }
+
+case $CASE in
+learns)
+  # Validation loss must fall well below the byte unigram entropy of the text (3.31 nats): by 0.5.
+  "$TRAIN" "${TINY[@]}" --set train.max_steps=200 --set optim.lr=3e-3 --set optim.warmup_steps=20 \
+    --set train.eval_every=100 --set train.out_dir=run >log.txt 2>&1 || { cat log.txt; fail "training failed"; }
+  v=$(val_of run)
+  echo "final val_loss $v (unigram entropy 3.31)"
+  python3 -c "import sys; sys.exit(0 if $v < 2.8 else 1)" || fail "val_loss $v not below 2.8"
+  ;;
+resume_*)
+  # N steps straight == N/2 steps, then resume for N/2: identical weights, optimizer state and losses.
+  arch=${CASE#resume_}
+  extra=(--set model.arch=$arch --set moe.num_experts=4 --set moe.gate_noise=true --set train.grad_accum=2)
+  [[ $arch == dense ]] && extra=(--set train.grad_accum=2)
+  common=("${TINY[@]}" "${extra[@]}" --set optim.decay_steps=8 --set optim.warmup_steps=2 --set train.eval_every=4)
+  "$TRAIN" "${common[@]}" --set train.max_steps=8 --set checkpoint.every=0 --set train.out_dir=a >a.log 2>&1 ||
+    { cat a.log; fail "straight run failed"; }
+  "$TRAIN" "${common[@]}" --set train.max_steps=4 --set checkpoint.every=0 --set train.out_dir=b >b1.log 2>&1 ||
+    { cat b1.log; fail "first half failed"; }
+  "$TRAIN" "${common[@]}" --set train.max_steps=8 --set checkpoint.every=0 --set train.out_dir=b --resume auto \
+    >b2.log 2>&1 || { cat b2.log; fail "resumed half failed"; }
+  grep -q "resumed from" b2.log || fail "second half did not resume"
+  for f in model.safetensors optim.safetensors; do
+    cmp a/checkpoints/step_00000008/$f b/checkpoints/step_00000008/$f || fail "$f differs after resume"
+  done
+  python3 - a/metrics.jsonl b/metrics.jsonl <<'PY' || fail "losses differ between straight and resumed runs"
+import json, sys
+def losses(p):
+    out = {}
+    for line in open(p):
+        r = json.loads(line)
+        for k in ("loss", "val_loss", "grad_norm", "aux_loss"):
+            if k in r: out[(r["step"], k)] = r[k]
+    return out
+a, b = losses(sys.argv[1]), losses(sys.argv[2])
+assert a and a == b, f"{len(a)} vs {len(b)} records; first difference: " + str(next(((k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)), None))
+print(f"{len(a)} loss records identical")
+PY
+  echo "bit-exact resume ($arch): weights, optimizer state and losses identical"
+  ;;
+eval_only)
+  "$TRAIN" "${TINY[@]}" --set train.max_steps=3 --set train.out_dir=run >log.txt 2>&1 || { cat log.txt; fail "train"; }
+  out=$("$TRAIN" "${TINY[@]}" --set train.out_dir=run --eval-only --resume run/checkpoints/step_00000003 2>&1)
+  echo "$out" | tail -1 | grep -Eq '^val_loss [0-9]+\.[0-9]+$' || fail "no final 'val_loss <float>' line: $out"
+  v=$(echo "$out" | tail -1 | cut -d' ' -f2)
+  [[ $v == $(python3 -c "print('%.6f' % $(val_of run))") ]] || fail "eval-only val_loss $v != training's $(val_of run)"
+  "$TRAIN" "${TINY[@]}" --set train.out_dir=run --eval-only 2>err.txt && fail "eval-only without --resume succeeded"
+  grep -q "needs a checkpoint" err.txt || fail "unclear error: $(cat err.txt)"
+  ;;
+nan_stops)
+  # A diverging run stops with a message and leaves the last checkpoint loadable.
+  set +e
+  "$TRAIN" "${TINY[@]}" --set train.max_steps=20 --set optim.lr=1e12 --set optim.warmup_steps=0 \
+    --set optim.grad_clip=0 --set optim.min_lr=0 --set checkpoint.every=1 --set train.out_dir=run >log.txt 2>err.txt
+  rc=$?
+  set -e
+  [[ $rc -ne 0 ]] || fail "diverging run exited 0"
+  grep -q "loss is" err.txt || fail "no NaN/Inf message: $(cat err.txt)"
+  last=$(ls -d run/checkpoints/step_* | tail -1)
+  [[ -n $last ]] || fail "no checkpoint before the divergence"
+  ls run/checkpoints | grep -q '^\.tmp' && fail "temporary checkpoint left behind"
+  "$TRAIN" "${TINY[@]}" --set train.out_dir=run --eval-only --resume "$last" >/dev/null 2>&1 ||
+    fail "last checkpoint $last is not loadable"
+  echo "diverged with rc $rc, $(grep -o 'loss is [^;]*' err.txt); $last intact"
+  ;;
+sigterm)
+  # SIGTERM: the run writes a checkpoint, exits 128+15, and resumes from it.
+  "$TRAIN" "${TINY[@]}" --set train.max_steps=100000 --set checkpoint.every=0 --set train.eval_every=0 \
+    --set train.out_dir=run >log.txt 2>&1 &
+  pid=$!
+  for _ in $(seq 100); do grep -q "step     3/" log.txt 2>/dev/null && break; sleep 0.1; done
+  kill -TERM $pid
+  set +e
+  wait $pid
+  rc=$?
+  set -e
+  [[ $rc -eq 143 ]] || { cat log.txt; fail "exit status $rc, expected 143"; }
+  ckpt=$(ls -d run/checkpoints/step_* | tail -1)
+  [[ -f $ckpt/COMPLETE ]] || fail "no complete checkpoint after SIGTERM"
+  "$TRAIN" "${TINY[@]}" --set train.max_steps=$(( 10#${ckpt##*step_} + 2 )) --set train.out_dir=run --resume auto \
+    >log2.txt 2>&1 || { cat log2.txt; fail "resume after SIGTERM failed"; }
+  grep -q "resumed from" log2.txt || fail "did not resume"
+  echo "SIGTERM -> checkpoint $ckpt, rc 143, resumed"
+  ;;
+bad_inputs)
+  # Documented errors: each names the file/key and what was expected, and exits non-zero.
+  expect_error() {  # expect_error "needle" train-args...
+    local needle=$1
+    shift
+    if "$TRAIN" "$@" >out.txt 2>err.txt; then fail "expected failure for: $*"; fi
+    grep -qF -- "$needle" err.txt || fail "error for '$*' lacks '$needle': $(cat err.txt)"
+  }
+  printf 'model:\n  d_modle: 64\n' >typo.yaml
+  expect_error "did you mean 'model.d_model'" --config typo.yaml
+  expect_error "typo.yaml" --config typo.yaml
+  expect_error "model.n_layer" --set model.n_layer=abc
+  expect_error "optim.lr" --set optim.lr=-1
+  expect_error "missing.yaml" --config missing.yaml
+  expect_error "unrecognised option" --bogus-flag || expect_error "unrecognized option" --bogus-flag
+  # Corrupt data: wrong magic, truncated shard, token >= vocab.
+  mkdir -p bad
+  cp "$DATA/val_000000.bin" bad/val_000000.bin
+  printf '\x00\x00\x00\x00' | dd of=bad/val_000000.bin conv=notrunc status=none
+  expect_error "wrong magic" "${TINY[@]}" --set "data.val=bad/val_*.bin" --set train.out_dir=r1
+  cp "$DATA/val_000000.bin" bad/val_000000.bin
+  truncate -s -100 bad/val_000000.bin
+  expect_error "truncated" "${TINY[@]}" --set "data.val=bad/val_*.bin" --set train.out_dir=r2
+  expect_error ">= model.vocab_size" "${TINY[@]}" --set model.vocab_size=50 --set train.max_steps=1 --set train.out_dir=r3
+  expect_error "data.train" "${TINY[@]}" --set "data.train=nowhere/*.bin" --set train.out_dir=r4
+  echo "all documented errors seen"
+  ;;
+*)
+  fail "unknown case"
+  ;;
+esac
