@@ -22,6 +22,10 @@ struct SimulatedLink {
   bool enabled() const { return bandwidth_gb_s > 0 || latency_us > 0; }
 };
 
+// Every rank must issue the same collectives in the same order (any streams included). Work enqueued
+// on a stream refers to the communicator and to the caller's buffers: synchronize the stream before
+// either goes away. Errors (a dead peer, a timeout) surface as scmoe::Error naming the collective, at
+// the call (s == nullptr) or at the stream's next synchronize().
 class Communicator {
  public:
   virtual ~Communicator() = default;
@@ -50,13 +54,21 @@ class Communicator {
 
  protected:
   void simulate_link_delay(size_t bytes_sent) const;
+  // "all_to_all_v on rank 1 of 4": how every backend's errors name the failed collective.
+  std::string where(const char* op) const;
+  // Validates all_to_all_v's split vectors (one entry per rank; what this rank sends itself equals
+  // what it receives from itself), with errors naming the offending vector.
+  void check_v_splits(const std::vector<size_t>& send_counts, const std::vector<size_t>& send_offsets,
+                      const std::vector<size_t>& recv_counts, const std::vector<size_t>& recv_offsets) const;
   SimulatedLink link_;
 };
 
 // Where this process sits: from RANK/WORLD_SIZE/LOCAL_RANK/LOCAL_WORLD_SIZE/MASTER_ADDR/MASTER_PORT
-// (set by train/launch), else from Slurm's SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID (MASTER_ADDR then
-// defaults to the first host of SLURM_JOB_NODELIST is NOT attempted: it must be set), else a single
-// process (rank 0 of 1).
+// (set by train/launch), else from Slurm's SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID and
+// SLURM_NTASKS_PER_NODE or SLURM_TASKS_PER_NODE, else a single process (rank 0 of 1). MASTER_ADDR
+// must be set when the job spans nodes (deriving it from SLURM_JOB_NODELIST is not attempted); on one
+// node it defaults to 127.0.0.1, MASTER_PORT to 29500. Invalid values throw scmoe::Error naming the
+// variable.
 struct ProcessGroupEnv {
   int rank = 0, world_size = 1, local_rank = 0, local_world_size = 1;
   std::string master_addr = "127.0.0.1";

@@ -53,7 +53,7 @@ struct Block {
     mlp.setup(pt, name + ".mlp", C, mc.d_ff, mc.init_std, proj_std(mc));
   }
   void setup_moe(ParamTable& pt, const std::string& name, const ModelConfig& mc, const MoeConfig& mo, int k,
-                 bool shared_expert, Combine comb, bool own_norm) {
+                 bool shared_expert, Combine comb, bool own_norm, int layer, Communicator* comm) {
     has_mlp = shared_expert;
     const int F = mo.d_expert > 0 ? mo.d_expert : mc.d_ff;
     if (shared_expert) mlp.setup(pt, name + ".shared_expert", C, F, mc.init_std, proj_std(mc));
@@ -62,7 +62,7 @@ struct Block {
     moe_own_norm = own_norm;
     if (own_norm) moe_norm.setup(pt, name + ".moe.norm", C, mc.norm == "rmsnorm");
     moe = std::make_unique<MoE<T>>();
-    moe->setup(pt, name + ".moe", mc, mo, k);
+    moe->setup(pt, name + ".moe", mc, mo, k, layer, comm);
   }
 
   void bind(T* p, T* g) {

@@ -16,7 +16,7 @@ int default_top_k(const std::string& arch) { return arch == "moe" ? 2 : 1; }
 }  // namespace
 
 template <class T>
-GPT<T>::GPT(const Config& cfg, int micro_batch)
+GPT<T>::GPT(const Config& cfg, int micro_batch, Communicator* comm)
     : mc_(cfg.model), B_(micro_batch), Tn_(cfg.model.seq_len), C_(cfg.model.d_model),
       V_(cfg.model.vocab_size) {
   SCMOE_CHECK(mc_.d_model % mc_.n_head == 0, "model.d_model (" << mc_.d_model
@@ -57,11 +57,11 @@ GPT<T>::GPT(const Config& cfg, int micro_batch)
     if (arch == "scmoe") {
       t.kind = pos == 2 ? TapKind::u : TapKind::norm_of_input;
       t.src = pos == 1 ? l : l - 1;
-      b.setup_moe(table_, name, mc_, mo, k, true, comb, pos != 2);
+      b.setup_moe(table_, name, mc_, mo, k, true, comb, pos != 2, l, comm);
     } else {
       t.kind = TapKind::u;
       t.src = l;
-      b.setup_moe(table_, name, mc_, mo, k, arch == "shared_expert", Combine::add, false);
+      b.setup_moe(table_, name, mc_, mo, k, arch == "shared_expert", Combine::add, false, l, comm);
     }
   }
   lnf_.setup(table_, "ln_f", C_, rms);

@@ -18,7 +18,8 @@ namespace scmoe {
 template <class T>
 class GPT {
  public:
-  GPT(const Config& cfg, int micro_batch);
+  // comm: the process group for expert parallelism (null: single process, every expert local).
+  GPT(const Config& cfg, int micro_batch, Communicator* comm = nullptr);
 
   // Deterministic initialisation: each tensor draws from its own stream seeded by (seed, name), so
   // adding a tensor never changes the others.

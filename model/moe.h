@@ -1,58 +1,72 @@
 // A mixture-of-experts layer, split as Megatron-Core splits it: router (gate logits, softmax, top-k,
-// losses) -> dispatcher (capacity plan, permute into expert-contiguous rows) -> experts (GELU MLPs on
-// their rows) -> combine (un-permute, weight by gates). The dispatcher is the only part that will
-// exchange rows between ranks under expert parallelism.
+// losses) -> dispatcher (rows to the experts' ranks, capacity) -> experts (GELU MLPs on their rows)
+// -> combine (rows back, weighted by the gates). Only the dispatcher knows about other ranks; the
+// router's statistics (aux / z losses) are reduced over ranks so every loss and gradient equals the
+// single-process one on the same global batch.
 #pragma once
 #include <algorithm>
 #include <cmath>
 #include <string>
 #include <vector>
 
+#include "comm/communicator.h"
 #include "core/rng.h"
+#include "model/dispatcher.h"
 #include "model/layers.h"
 #include "train/config.h"
 
 namespace scmoe {
 
-// What a MoE layer observed in its last forward (for logs and metrics).
+// What a MoE layer observed in its last forward (for logs and metrics). Counts are this rank's
+// share (its experts); aux and z are global.
 struct MoeStats {
   double aux = 0, z = 0;
   int64_t dropped = 0, assignments = 0;
-  double load_max_over_mean = 0;  // max_e tokens_e / mean_e tokens_e (1 = perfectly balanced)
-  std::vector<int64_t> tokens_per_expert;
+  std::vector<int64_t> tokens_per_expert;  // [E] admitted rows; zeros for experts on other ranks
 };
 
 template <class T>
 struct MoE {
-  int N = 0, C = 0, F = 0, E = 0, k = 1;
+  int N = 0, C = 0, F = 0, E = 0, k = 1, W = 1, El = 0, first_expert = 0, layer = 0;
   bool renormalize = true, noise = false;
   double capacity_factor = 0, aux_coef = 0, z_coef = 0;
+  Communicator* comm = nullptr;
   Linear<T> gate, noise_gate;
-  std::vector<MLP<T>> experts;
+  std::vector<MLP<T>> experts;  // this rank's experts: global ids first_expert .. first_expert+El-1
+  Dispatcher<T> dispatcher;
   MoeStats stats;
 
   // saved by forward
   T *logits = nullptr, *probs = nullptr, *topk_gate = nullptr, *xe = nullptr, *ye = nullptr;
   T *noise_pre = nullptr, *noise_eps = nullptr, *hidden_h = nullptr, *hidden_g = nullptr;
-  int32_t *topk_idx = nullptr, *pos = nullptr;
-  std::vector<int64_t> route_counts, counts, offsets;
+  int32_t* topk_idx = nullptr;
+  std::vector<int64_t> route_counts;  // global assignments per expert before capacity
   std::vector<double> pmean;
   const T* x = nullptr;
+  int64_t N_global = 0;
   // backward scratch; dx is this layer's gradient w.r.t. its input (read by whoever owns the input)
   T *dlogits = nullptr, *dgate = nullptr, *dye = nullptr, *dxe = nullptr, *dh = nullptr, *dg = nullptr;
   T* dx = nullptr;
 
-  void setup(ParamTable& pt, const std::string& name, const ModelConfig& mc, const MoeConfig& moe, int top_k) {
+  void setup(ParamTable& pt, const std::string& name, const ModelConfig& mc, const MoeConfig& moe, int top_k,
+             int layer_index, Communicator* c) {
     C = mc.d_model, F = moe.d_expert > 0 ? moe.d_expert : mc.d_ff, E = moe.num_experts, k = top_k;
+    layer = layer_index, comm = c;
+    W = c ? c->world_size() : 1;
+    SCMOE_CHECK(E % W == 0, "moe.num_experts (" << E << ") must be divisible by the world size (" << W
+                                                << ") for expert parallelism");
+    El = E / W;
+    first_expert = (c ? c->rank() : 0) * El;
     renormalize = moe.renormalize, noise = moe.gate_noise;
     capacity_factor = moe.capacity_factor, aux_coef = moe.aux_loss_coef, z_coef = moe.z_loss_coef;
     double proj_std = mc.init_std / std::sqrt(2.0 * mc.n_layer);
     gate.setup(pt, name + ".gate", C, E, false, mc.init_std);
     if (noise) noise_gate.setup(pt, name + ".noise", C, E, false, mc.init_std);
-    experts.resize(E);
-    for (int e = 0; e < E; e++)
-      experts[e].setup(pt, name + ".experts." + std::to_string(e), C, F, mc.init_std, proj_std);
-    route_counts.assign(E, 0), counts.assign(E, 0), offsets.assign(E + 1, 0), pmean.assign(E, 0);
+    experts.resize(El);
+    for (int le = 0; le < El; le++)
+      experts[le].setup(pt, name + ".experts." + std::to_string(first_expert + le), C, F, mc.init_std, proj_std);
+    dispatcher.setup(E, k, C, c);
+    route_counts.assign(E, 0), pmean.assign(E, 0);
   }
   void bind(T* p, T* g) {
     gate.bind(p, g);
@@ -61,20 +75,23 @@ struct MoE {
   }
   void alloc(Arena& a, int N_) {
     N = N_;
-    size_t NE = (size_t)N * E, Nk = (size_t)N * k;
+    N_global = (int64_t)N * W;
+    size_t NE = (size_t)N * E, Nk = (size_t)N * k, rows = Nk * W;  // rows: worst case received here
     logits = a.alloc<T>(NE), probs = a.alloc<T>(NE), dlogits = a.alloc<T>(NE);
     if (noise) noise_pre = a.alloc<T>(NE), noise_eps = a.alloc<T>(NE);
-    topk_idx = a.alloc<int32_t>(Nk), pos = a.alloc<int32_t>(Nk);
+    topk_idx = a.alloc<int32_t>(Nk);
     topk_gate = a.alloc<T>(Nk), dgate = a.alloc<T>(Nk);
-    xe = a.alloc<T>(Nk * C), ye = a.alloc<T>(Nk * C), dye = a.alloc<T>(Nk * C), dxe = a.alloc<T>(Nk * C);
-    hidden_h = a.alloc<T>(Nk * F), hidden_g = a.alloc<T>(Nk * F);
-    dh = a.alloc<T>(Nk * F), dg = a.alloc<T>(Nk * F);
+    xe = a.alloc<T>(rows * C), ye = a.alloc<T>(rows * C), dye = a.alloc<T>(rows * C), dxe = a.alloc<T>(rows * C);
+    hidden_h = a.alloc<T>(rows * F), hidden_g = a.alloc<T>(rows * F);
+    dh = a.alloc<T>(rows * F), dg = a.alloc<T>(rows * F);
     dx = a.alloc<T>((size_t)N * C);
+    dispatcher.alloc(a, N);
   }
 
+  // Rows per expert over the global batch (DESIGN.md section 3); dropless when capacity_factor <= 0.
   int64_t capacity() const {
-    if (capacity_factor <= 0) return (int64_t)N * k;  // dropless
-    return std::min<int64_t>((int64_t)k * (int64_t)std::ceil(capacity_factor * N / E), N);
+    if (capacity_factor <= 0) return N_global * k;
+    return std::min<int64_t>((int64_t)k * (int64_t)std::ceil(capacity_factor * N_global / E), N_global);
   }
 
   // y[N,C] = MoE(x). `rng` draws the gate noise in training (nullptr: no noise, e.g. evaluation).
@@ -85,64 +102,94 @@ struct MoE {
     if (noise_applied) add_gate_noise(*rng);
     auto L = ops::router_forward(logits, N, E, k, renormalize, probs, topk_idx, topk_gate, pmean.data(),
                                  route_counts.data());
-    stats.aux = L.aux, stats.z = L.z;
-    stats.dropped = ops::dispatch_plan(topk_idx, N, k, E, capacity(), pos, counts.data(), offsets.data());
-    stats.assignments = (int64_t)N * k;
-    ops::permute_forward(xe, x, pos, N, k, C);
-    for (int e = 0; e < E; e++) {
-      bind_expert_buffers(e);
-      experts[e].forward(ye + offsets[e] * C, xe + offsets[e] * C, (int)counts[e]);
+    reduce_router_stats(L);
+    dispatcher.capacity = capacity();
+    dispatcher.dispatch(xe, x, topk_idx);
+    const auto& off = dispatcher.expert_offsets;
+    for (int le = 0; le < El; le++) {
+      bind_expert_buffers(le);
+      experts[le].forward(ye + off[le] * C, xe + off[le] * C, (int)(off[le + 1] - off[le]));
     }
-    ops::combine_forward(y, ye, topk_gate, pos, N, k, C);
+    dispatcher.combine(y, ye, topk_gate);
     record_load();
   }
 
-  // dy: gradient of the output. loss_scale: d(objective)/d(per-micro-batch loss), i.e. the scale the
-  // aux and z losses enter with. Overwrites dx (the gradient w.r.t. the input) and accumulates params.
+  // dy: gradient of the output. loss_scale: d(objective)/d(this rank's per-micro-batch loss share),
+  // i.e. grad_scale * N. Overwrites dx (the gradient w.r.t. the input) and accumulates params.
   void backward(const T* dy, double loss_scale) {
-    ops::combine_backward(dye, dgate, dy, ye, topk_gate, pos, N, k, C);
-    for (int e = 0; e < E; e++) {
-      bind_expert_buffers(e);
+    dispatcher.combine_backward(dye, dgate, dy, topk_gate);
+    const auto& off = dispatcher.expert_offsets;
+    for (int le = 0; le < El; le++) {
+      bind_expert_buffers(le);
       GradScratch<T> s;
-      s.dh = dh + offsets[e] * F, s.dg = dg + offsets[e] * F;
-      experts[e].backward(dxe + offsets[e] * C, dye + offsets[e] * C, xe + offsets[e] * C, (int)counts[e], s,
-                          false);
+      s.dh = dh + off[le] * F, s.dg = dg + off[le] * F;
+      experts[le].backward(dxe + off[le] * C, dye + off[le] * C, xe + off[le] * C, (int)(off[le + 1] - off[le]),
+                           s, false);
     }
-    ops::permute_backward(dx, dxe, pos, N, k, C, false);
+    dispatcher.dispatch_backward(dx, dxe);
+    // The kernel normalises by the local N; the losses are means over N_global tokens with global
+    // counts, hence the extra N / N_global factors (both 1 in a single process).
+    const double f = double(N) / double(N_global);
     ops::router_backward(dlogits, dgate, logits, probs, topk_idx, route_counts.data(), N, E, k, renormalize,
-                         aux_coef * loss_scale, z_coef * loss_scale);
+                         aux_coef * loss_scale * f, z_coef * loss_scale);
     gate.backward(dx, dlogits, x, N, true);
     if (noise_applied) {
       // d(noise_pre) = dlogits * eps * softplus'(noise_pre); reuse dlogits in place.
-      for (size_t i = 0; i < (size_t)N * E; i++)
-        dlogits[i] *= noise_eps[i] / (T(1) + std::exp(-noise_pre[i]));
+      for (size_t i = 0; i < (size_t)N * E; i++) dlogits[i] *= noise_eps[i] / (T(1) + std::exp(-noise_pre[i]));
       noise_gate.backward(dx, dlogits, x, N, true);
     }
   }
 
  private:
-  void bind_expert_buffers(int e) {
-    experts[e].h = hidden_h + offsets[e] * F;
-    experts[e].g = hidden_g + offsets[e] * F;
+  void bind_expert_buffers(int le) {
+    const auto& off = dispatcher.expert_offsets;
+    experts[le].h = hidden_h + off[le] * F;
+    experts[le].g = hidden_g + off[le] * F;
   }
-  // Noisy top-k gating (Shazeer et al.): logits += N(0,1) * softplus(x . W_noise). Drawn serially from
-  // the trainer's RNG, whose state is checkpointed, so resumed runs draw the same noise.
+  // Noisy top-k gating (Shazeer et al.): logits += N(0,1) * softplus(x . W_noise). Each token's noise
+  // comes from a stream keyed by (step draw, layer, global token index), so it is the same whichever
+  // rank holds the token; the trainer's RNG (checkpointed) advances once per forward.
   void add_gate_noise(Rng& r) {
     noise_gate.forward(noise_pre, x, N);
-    for (size_t i = 0; i < (size_t)N * E; i++) {
-      noise_eps[i] = T(r.normal());
-      T z = noise_pre[i];
-      T softplus = z > T(20) ? z : std::log1p(std::exp(z));
-      logits[i] += noise_eps[i] * softplus;
+    const uint64_t base = r.next_u64() ^ (0x9E3779B97F4A7C15ull * (uint64_t)(layer + 1));
+    const int64_t first_token = (int64_t)(comm ? comm->rank() : 0) * N;
+    for (int n = 0; n < N; n++) {
+      Rng tr(base + 0xD1B54A32D192ED03ull * (uint64_t)(first_token + n));
+      for (int e = 0; e < E; e++) {
+        size_t i = (size_t)n * E + e;
+        noise_eps[i] = T(tr.normal());
+        T z = noise_pre[i];
+        T softplus = z > T(20) ? z : std::log1p(std::exp(z));
+        logits[i] += noise_eps[i] * softplus;
+      }
     }
   }
-  bool noise_applied = false;
-  void record_load() {
-    stats.tokens_per_expert.assign(counts.begin(), counts.end());
-    int64_t mx = 0, sum = 0;
-    for (auto c : counts) mx = std::max(mx, c), sum += c;
-    stats.load_max_over_mean = sum ? double(mx) * E / double(sum) : 0.0;
+  // aux = E * sum_e pmean_e * f_e and z = mean lse^2 over the global batch: sum the per-rank parts.
+  void reduce_router_stats(const ops::RouterLosses& L) {
+    if (W == 1) {
+      stats.aux = L.aux, stats.z = L.z;
+      return;
+    }
+    std::vector<double> buf(2 * E + 1);
+    for (int e = 0; e < E; e++) buf[e] = double(route_counts[e]), buf[E + e] = pmean[e] * N;
+    buf[2 * E] = L.z * N;
+    comm->all_reduce_sum(buf.data(), buf.size(), DType::f64, nullptr);
+    double aux = 0;
+    for (int e = 0; e < E; e++) {
+      route_counts[e] = (int64_t)std::llround(buf[e]);
+      pmean[e] = buf[E + e] / N_global;
+      aux += pmean[e] * buf[e] / double(N_global * k);
+    }
+    stats.aux = aux * E;
+    stats.z = buf[2 * E] / N_global;
   }
+  void record_load() {
+    stats.tokens_per_expert.assign(E, 0);
+    for (int le = 0; le < El; le++) stats.tokens_per_expert[first_expert + le] = dispatcher.expert_counts[le];
+    stats.dropped = dispatcher.dropped;
+    stats.assignments = dispatcher.recv_total;
+  }
+  bool noise_applied = false;
 };
 
 }  // namespace scmoe

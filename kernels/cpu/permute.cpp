@@ -10,32 +10,87 @@
 
 namespace scmoe::cpu {
 
+void route_sort(const int32_t* topk_idx, int N, int k, int E, int32_t* send_pos, int64_t* bucket) {
+  SCMOE_CHECK((int64_t)N * k <= INT32_MAX, "route_sort: N*k = " << (int64_t)N * k << " rows do not fit int32");
+  for (int b = 0; b < E * k; b++) bucket[b] = 0;
+  for (int64_t i = 0; i < (int64_t)N * k; i++) {
+    int32_t e = topk_idx[i];
+    SCMOE_CHECK(e >= 0 && e < E, "route_sort: token " << i / k << " choice " << i % k << " routes to expert " << e
+                                                       << ", outside [0, " << E << ")");
+    bucket[(int64_t)e * k + i % k]++;
+  }
+  // Counting sort: a stable pass in token order within each (expert, choice) bucket.
+  std::vector<int64_t> next(E * k);
+  int64_t acc = 0;
+  for (int b = 0; b < E * k; b++) next[b] = acc, acc += bucket[b];
+  for (int64_t i = 0; i < (int64_t)N * k; i++) send_pos[i] = (int32_t)next[(int64_t)topk_idx[i] * k + i % k]++;
+}
+
+int64_t admit_rows(const int64_t* recv_bucket, int W, int El, int k, int64_t capacity, int32_t* expert_row,
+                   int64_t* expert_counts, int64_t* expert_offsets) {
+  SCMOE_CHECK(capacity >= 0, "admit_rows: negative capacity " << capacity << " (use N*k for dropless)");
+  // First row of each (source, expert, choice) block in the receive buffer.
+  std::vector<int64_t> start((size_t)W * El * k);
+  int64_t acc = 0;
+  for (size_t b = 0; b < start.size(); b++) start[b] = acc, acc += recv_bucket[b];
+  for (int le = 0; le < El; le++) expert_counts[le] = 0;
+  // Serial, in the single-process fill order; slots first, made global once offsets are known.
+  int64_t dropped = 0;
+  for (int le = 0; le < El; le++)
+    for (int j = 0; j < k; j++)
+      for (int r = 0; r < W; r++) {
+        size_t b = ((size_t)r * El + le) * k + j;
+        for (int64_t i = 0; i < recv_bucket[b]; i++) {
+          if (expert_counts[le] < capacity) {
+            expert_row[start[b] + i] = (int32_t)expert_counts[le]++;
+          } else {
+            expert_row[start[b] + i] = -1;
+            dropped++;
+          }
+        }
+      }
+  expert_offsets[0] = 0;
+  for (int le = 0; le < El; le++) expert_offsets[le + 1] = expert_offsets[le] + expert_counts[le];
+  for (size_t b = 0; b < start.size(); b++) {
+    int le = int(b / k) % El;
+    for (int64_t i = 0; i < recv_bucket[b]; i++)
+      if (expert_row[start[b] + i] >= 0) expert_row[start[b] + i] += (int32_t)expert_offsets[le];
+  }
+  return dropped;
+}
+
+template <class T>
+void scatter_rows(T* dst, const T* src, const int32_t* map, int64_t rows, int C) {
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < rows; i++) {
+    if (map[i] < 0) continue;
+    T* d = dst + (int64_t)map[i] * C;
+    const T* s = src + i * C;
+    for (int c = 0; c < C; c++) d[c] = s[c];
+  }
+}
+
+template <class T>
+void gather_rows(T* dst, const T* src, const int32_t* map, int64_t rows, int C) {
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < rows; i++) {
+    T* d = dst + i * C;
+    if (map[i] < 0) {
+      for (int c = 0; c < C; c++) d[c] = T(0);
+      continue;
+    }
+    const T* s = src + (int64_t)map[i] * C;
+    for (int c = 0; c < C; c++) d[c] = s[c];
+  }
+}
+
 int64_t dispatch_plan(const int32_t* topk_idx, int N, int k, int E, int64_t capacity, int32_t* pos,
                       int64_t* counts, int64_t* offsets) {
-  SCMOE_CHECK(capacity >= 0, "dispatch_plan: negative capacity " << capacity << " (use N*k for dropless)");
-  SCMOE_CHECK((int64_t)N * k <= INT32_MAX,
-              "dispatch_plan: N*k = " << (int64_t)N * k << " rows do not fit the int32 pos");
-  for (int e = 0; e < E; e++) counts[e] = 0;
-  int64_t dropped = 0;
-  // Serial and choice-major: the fill order decides who is dropped, so it must be exactly the
-  // documented one; first pos holds the slot within the expert, made global once offsets are known.
-  for (int j = 0; j < k; j++)
-    for (int n = 0; n < N; n++) {
-      int64_t i = (int64_t)n * k + j;
-      int32_t e = topk_idx[i];
-      SCMOE_CHECK(e >= 0 && e < E, "dispatch_plan: token " << n << " choice " << j << " routes to expert "
-                                                           << e << ", outside [0, " << E << ")");
-      if (counts[e] < capacity) {
-        pos[i] = (int32_t)counts[e]++;
-      } else {
-        pos[i] = -1;
-        dropped++;
-      }
-    }
-  offsets[0] = 0;
-  for (int e = 0; e < E; e++) offsets[e + 1] = offsets[e] + counts[e];
-  for (int64_t i = 0; i < (int64_t)N * k; i++)
-    if (pos[i] >= 0) pos[i] += (int32_t)offsets[topk_idx[i]];
+  std::vector<int32_t> send_pos((size_t)N * k), expert_row((size_t)N * k);
+  std::vector<int64_t> bucket((size_t)E * k);
+  route_sort(topk_idx, N, k, E, send_pos.data(), bucket.data());
+  int64_t dropped = admit_rows(bucket.data(), 1, E, k, capacity, expert_row.data(), counts, offsets);
+  for (int64_t i = 0; i < (int64_t)N * k; i++) pos[i] = expert_row[send_pos[i]];
   return dropped;
 }
 
@@ -111,6 +166,10 @@ void combine_backward(T* dye, T* dgate, const T* dy, const T* ye, const T* gate,
   }
 }
 
+template void scatter_rows<float>(float*, const float*, const int32_t*, int64_t, int);
+template void scatter_rows<double>(double*, const double*, const int32_t*, int64_t, int);
+template void gather_rows<float>(float*, const float*, const int32_t*, int64_t, int);
+template void gather_rows<double>(double*, const double*, const int32_t*, int64_t, int);
 template void permute_forward<float>(float*, const float*, const int32_t*, int, int, int);
 template void permute_forward<double>(double*, const double*, const int32_t*, int, int, int);
 template void permute_backward<float>(float*, const float*, const int32_t*, int, int, int, bool);

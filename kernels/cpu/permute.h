@@ -7,6 +7,28 @@
 
 namespace scmoe::cpu {
 
+// Expert-parallel building blocks (single process = one rank):
+// Source side: orders the N*k assignments by (expert, choice, token), so the rows for each destination
+// rank (which holds a contiguous range of experts) are contiguous. send_pos[n*k+j] = row in the send
+// buffer; bucket[e*k+j] = rows for (expert e, choice j).
+void route_sort(const int32_t* topk_idx, int N, int k, int E, int32_t* send_pos, int64_t* bucket);
+
+// Expert side: rows arrive from W source ranks, each block in (local expert, choice, token) order with
+// recv_bucket[(r*El + le)*k + j] rows. Rows are admitted per expert in the single-process order
+// (choice-major, then source rank, then token) up to `capacity`, so which tokens are dropped does not
+// depend on the number of ranks. expert_row[recv_row] = row in the expert-contiguous buffer, or -1
+// when dropped; expert_counts[El], expert_offsets[El+1]. Returns the number dropped.
+int64_t admit_rows(const int64_t* recv_bucket, int W, int El, int k, int64_t capacity, int32_t* expert_row,
+                   int64_t* expert_counts, int64_t* expert_offsets);
+
+// dst[map[i]] = src[i] for every map[i] >= 0.
+template <class T>
+void scatter_rows(T* dst, const T* src, const int32_t* map, int64_t rows, int C);
+// dst[i] = src[map[i]], or zeros when map[i] < 0 (a dropped row returns nothing).
+template <class T>
+void gather_rows(T* dst, const T* src, const int32_t* map, int64_t rows, int C);
+
+// The single-process plan, route_sort + admit_rows composed: pos[n*k+j] = expert-contiguous row or -1.
 // capacity: rows per expert (use N*k for dropless). Writes pos[N*k] (row in the expert buffer, or -1
 // when dropped), counts[E] (rows used per expert), offsets[E+1] (exclusive prefix sum of counts).
 // Returns the number of dropped assignments.
