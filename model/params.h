@@ -3,6 +3,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/check.h"
@@ -19,6 +20,7 @@ struct ParamSpec {
   bool decay = true;    // false for norms and biases
   Init init = Init::normal;
   double std = 0.02;    // for Init::normal
+  bool expert = false;  // a routed expert's tensor: lives on one rank under expert parallelism
 };
 
 class ParamTable {
@@ -35,12 +37,25 @@ class ParamTable {
     s.decay = decay;
     s.init = init;
     s.std = std;
+    s.expert = name.find(".experts.") != std::string::npos;
     total_ += (s.numel + 15) / 16 * 16;  // keep every tensor 64-byte aligned for vector loads
     specs_.push_back(std::move(s));
     return specs_.back().offset;
   }
   const std::vector<ParamSpec>& specs() const { return specs_; }
   size_t total() const { return total_; }
+  // Contiguous [begin, end) ranges of the buffer holding replicated (non-expert) tensors: what data
+  // parallelism all-reduces.
+  std::vector<std::pair<size_t, size_t>> replicated_ranges() const {
+    std::vector<std::pair<size_t, size_t>> r;
+    for (size_t i = 0; i < specs_.size(); i++) {
+      if (specs_[i].expert) continue;
+      size_t end = i + 1 < specs_.size() ? specs_[i + 1].offset : total_;
+      if (!r.empty() && r.back().second == specs_[i].offset) r.back().second = end;
+      else r.push_back({specs_[i].offset, end});
+    }
+    return r;
+  }
   size_t count() const {
     size_t n = 0;
     for (const auto& s : specs_) n += s.numel;

@@ -1,6 +1,8 @@
 // Checkpoint contents (see checkpoint.h).
 #include "train/checkpoint.h"
 
+#include <cstdio>
+
 #include "core/check.h"
 #include "train/safetensors.h"
 
@@ -38,33 +40,47 @@ TrainState TrainState::from_metadata(const std::map<std::string, std::string>& m
   return s;
 }
 
+static bool in_subset(const ParamSpec& s, Subset subset) {
+  return subset == Subset::all || (subset == Subset::experts) == s.expert;
+}
+
+static std::string rank_file(const char* stem, int rank, int world) {
+  char buf[96];
+  std::snprintf(buf, sizeof buf, "%s-rank%05d-of-%05d.safetensors", stem, rank, world);
+  return buf;
+}
+std::string experts_file_name(int rank, int world) { return rank_file("experts", rank, world); }
+std::string optim_file_name(int rank, int world) { return rank_file("optim", rank, world); }
+
 template <class T>
-static std::vector<StTensor> views(const ParamTable& table, const T* base, const std::string& prefix) {
+static std::vector<StTensor> views(const ParamTable& table, const T* base, const std::string& prefix,
+                                   Subset subset = Subset::all) {
   std::vector<StTensor> out;
   for (const auto& s : table.specs())
-    out.push_back({prefix + s.name, st_dtype<T>(), s.shape, base + s.offset, s.numel * sizeof(T)});
+    if (in_subset(s, subset))
+      out.push_back({prefix + s.name, st_dtype<T>(), s.shape, base + s.offset, s.numel * sizeof(T)});
   return out;
 }
 
 template <class T>
-void write_model_file(const std::string& path, const ParamTable& table, const T* params,
+void write_model_file(const std::string& path, const ParamTable& table, const T* params, Subset subset,
                       const std::map<std::string, std::string>& metadata) {
-  safetensors_write(path, views(table, params, ""), metadata);
+  safetensors_write(path, views(table, params, "", subset), metadata);
 }
 
 template <class T>
-void read_model_file(const std::string& path, const ParamTable& table, T* params) {
+void read_model_file(const std::string& path, const ParamTable& table, T* params, Subset subset) {
   StFile f = safetensors_read(path);
+  size_t expected = 0;
   for (const auto& s : table.specs()) {
+    if (!in_subset(s, subset)) continue;
+    expected++;
     SCMOE_CHECK(f.tensors.count(s.name), path << ": tensor '" << s.name
                                               << "' missing (was the checkpoint written with another model config?)");
     f.read_into(s.name, st_dtype<T>(), params + s.offset, s.numel * sizeof(T));
   }
-  for (const auto& [name, t] : f.tensors) {
-    bool known = false;
-    for (const auto& s : table.specs()) known = known || s.name == name;
-    SCMOE_CHECK(known, path << ": unexpected tensor '" << name << "' (checkpoint of another model config?)");
-  }
+  SCMOE_CHECK(f.tensors.size() == expected, path << " holds " << f.tensors.size() << " tensors, this model expects "
+                                                 << expected << " (checkpoint of another model config?)");
 }
 
 template <class T>
@@ -88,9 +104,9 @@ std::map<std::string, std::string> read_optim_file(const std::string& path, cons
 }
 
 #define SCMOE_INSTANTIATE(T)                                                                              \
-  template void write_model_file<T>(const std::string&, const ParamTable&, const T*,                      \
+  template void write_model_file<T>(const std::string&, const ParamTable&, const T*, Subset,              \
                                     const std::map<std::string, std::string>&);                           \
-  template void read_model_file<T>(const std::string&, const ParamTable&, T*);                            \
+  template void read_model_file<T>(const std::string&, const ParamTable&, T*, Subset);                    \
   template void write_optim_file<T>(const std::string&, const ParamTable&, const T*, const T*,           \
                                     const std::map<std::string, std::string>&);                           \
   template std::map<std::string, std::string> read_optim_file<T>(const std::string&, const ParamTable&, T*, \

@@ -1,8 +1,12 @@
 // What a checkpoint holds and how the trainer writes/reads it (DESIGN.md section 4):
-//   model.safetensors  every parameter under its documented name (README "Checkpoint layout")
-//   optim.safetensors  AdamW moments as "m.<name>" and "v.<name>"; __metadata__ holds the training
-//                      state (step, optimizer t, data position, RNG state, dtype, world size)
-//   config.yaml        the resolved configuration
+//   model.safetensors                  every replicated (non-expert) parameter, written by rank 0
+//   experts-rankRRRRR-of-WWWWW.safetensors  rank R's routed-expert tensors (MoE models only)
+//   optim-rankRRRRR-of-WWWWW.safetensors    rank R's AdamW moments ("m.<name>", "v.<name>"); its
+//                      __metadata__ holds the training state (step, optimizer t, data position, RNG
+//                      state, dtype, world size, expert placement)
+//   config.yaml                        the resolved configuration
+// Tensor names are global (expert e of block l is blocks.l.moe.experts.e.*), so re-sharding to another
+// world size only regroups files (scripts/reshard_checkpoint.py).
 #pragma once
 #include <cstdint>
 #include <map>
@@ -23,11 +27,17 @@ struct TrainState {
   static TrainState from_metadata(const std::map<std::string, std::string>& md, const std::string& file);
 };
 
+// Which tensors a file holds.
+enum class Subset { all, replicated, experts };
+
 template <class T>
-void write_model_file(const std::string& path, const ParamTable& table, const T* params,
+void write_model_file(const std::string& path, const ParamTable& table, const T* params, Subset subset,
                       const std::map<std::string, std::string>& metadata = {});
 template <class T>
-void read_model_file(const std::string& path, const ParamTable& table, T* params);
+void read_model_file(const std::string& path, const ParamTable& table, T* params, Subset subset);
+
+std::string experts_file_name(int rank, int world);  // "experts-rank00001-of-00004.safetensors"
+std::string optim_file_name(int rank, int world);    // "optim-rank00001-of-00004.safetensors"
 
 template <class T>
 void write_optim_file(const std::string& path, const ParamTable& table, const T* m, const T* v,

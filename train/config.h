@@ -83,6 +83,7 @@ struct SimulateLinkConfig {
 };
 
 struct CommConfig {
+  double timeout_s = 300.0;     // rendezvous and collective timeout (a dead peer becomes an error)
   SimulateLinkConfig simulate_link;
 };
 

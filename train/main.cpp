@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <iostream>
 
+#include "comm/communicator.h"
 #include "core/check.h"
 #include "train/config.h"
 #include "train/trainer.h"
@@ -42,8 +43,9 @@ int main(int argc, char** argv) {
       std::cout << scmoe::config_to_yaml(cfg);
       return 0;
     }
-    std::printf("# resolved configuration%s%s\n%s", config_path.empty() ? "" : " from ", config_path.c_str(),
-                scmoe::config_to_yaml(cfg).c_str());
+    if (scmoe::read_process_group_env().rank == 0)  // one copy, not one per rank
+      std::printf("# resolved configuration%s%s\n%s", config_path.empty() ? "" : " from ", config_path.c_str(),
+                  scmoe::config_to_yaml(cfg).c_str());
     scmoe::install_stop_signal_handlers();
     scmoe::RunOptions opt;
     opt.resume = resume;

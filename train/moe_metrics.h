@@ -8,6 +8,7 @@
 #include <utility>
 #include <vector>
 
+#include "comm/communicator.h"
 #include "model/moe.h"
 
 namespace scmoe {
@@ -29,6 +30,22 @@ class MoeStepStats {
   }
 
   bool empty() const { return layers_.empty(); }
+
+  // Sums the per-rank counts (each rank counts its own experts' rows) so every rank reports global load.
+  void reduce(Communicator* comm) {
+    if (!comm || layers_.empty()) return;
+    std::vector<int64_t> buf;
+    for (auto& [l, L] : layers_) {
+      buf.insert(buf.end(), L.tokens.begin(), L.tokens.end());
+      buf.push_back(L.dropped), buf.push_back(L.assignments);
+    }
+    comm->all_reduce_sum(buf.data(), buf.size(), DType::i64, nullptr);
+    size_t i = 0;
+    for (auto& [l, L] : layers_) {
+      for (auto& t : L.tokens) t = buf[i++];
+      L.dropped = buf[i++], L.assignments = buf[i++];
+    }
+  }
 
   // Fields for metrics.jsonl: aux_loss, moe_load_max, moe_drop_frac, and moe<l>_{load_max,drop_frac,aux,z}.
   std::vector<std::pair<std::string, double>> fields() const {

@@ -10,6 +10,7 @@
 #include <fstream>
 #include <memory>
 
+#include "comm/communicator.h"
 #include "core/device.h"
 #include "core/log.h"
 #include "core/rng.h"
@@ -64,10 +65,15 @@ class Trainer {
   double evaluate();
   void save_checkpoint();
   bool train_step();  // false when the loss is not finite
+  void reduce_gradients();
+  double reduce_mean(double local);  // mean over ranks
+  bool any_rank(bool flag);
 
   Config cfg_;
   RunOptions opt_;
   int rank_ = 0, world_ = 1, grad_accum_ = 1;
+  ProcessGroupEnv env_;
+  std::unique_ptr<Communicator> comm_;  // null for a single process
   std::unique_ptr<GPT<T>> model_;
   std::unique_ptr<AdamW<T>> optim_;
   std::unique_ptr<DataLoader> train_data_, val_data_;
@@ -88,6 +94,15 @@ void Trainer<T>::setup() {
   SCMOE_CHECK(dev == Device::cpu, "train.device resolved to cuda, but the CUDA training kernels are not built "
                                   "yet; set train.device=cpu");
   if (cfg_.train.threads > 0) omp_set_num_threads(cfg_.train.threads);
+  env_ = read_process_group_env();
+  rank_ = env_.rank, world_ = env_.world_size;
+  log_rank() = rank_;
+  if (world_ > 1) {
+    comm_ = make_gloo_communicator(env_, cfg_.comm.timeout_s);
+    comm_->set_simulated_link({cfg_.comm.simulate_link.bandwidth_gb_s, cfg_.comm.simulate_link.latency_us});
+    log_info("process group: %d ranks (%s, gloo via %s:%d)", world_, env_.source.c_str(), env_.master_addr.c_str(),
+             env_.master_port);
+  }
 
   const auto& tc = cfg_.train;
   int64_t micro_tokens = int64_t(tc.batch_size) * cfg_.model.seq_len * world_;
@@ -98,7 +113,7 @@ void Trainer<T>::setup() {
                 " x model.seq_len x world size (" << micro_tokens << ")");
     grad_accum_ = int(tc.global_batch_tokens / micro_tokens);
   }
-  model_ = std::make_unique<GPT<T>>(cfg_, tc.batch_size);
+  model_ = std::make_unique<GPT<T>>(cfg_, tc.batch_size, comm_.get());
   model_->init(tc.seed);
   optim_ = std::make_unique<AdamW<T>>(cfg_.optim, model_->table());
   rng_ = Rng(hash_string("train-rng", tc.seed));
@@ -121,8 +136,21 @@ void Trainer<T>::setup() {
 
 template <class T>
 void Trainer<T>::resume_from(const std::string& dir) {
-  read_model_file<T>((fs::path(dir) / "model.safetensors").string(), model_->table(), model_->params());
-  std::string optim_path = (fs::path(dir) / "optim.safetensors").string();
+  std::string optim_path = (fs::path(dir) / optim_file_name(rank_, world_)).string();
+  if (!fs::exists(optim_path)) {
+    std::string found;
+    for (const auto& e : fs::directory_iterator(dir))
+      if (e.path().filename().string().rfind("optim-rank00000-of-", 0) == 0) found = e.path().filename().string();
+    SCMOE_CHECK(found.empty(), dir << " was written by a different number of ranks (" << found << "); this run has "
+                                   << world_ << ". Re-shard it: /usr/bin/python3 scripts/reshard_checkpoint.py " << dir
+                                   << " OUT_DIR --world-size " << world_);
+    SCMOE_FAIL(dir << ": " << optim_file_name(rank_, world_) << " missing (not a checkpoint of this program?)");
+  }
+  read_model_file<T>((fs::path(dir) / "model.safetensors").string(), model_->table(), model_->params(),
+                     Subset::replicated);
+  if (!model_->moe_stats().empty())
+    read_model_file<T>((fs::path(dir) / experts_file_name(rank_, world_)).string(), model_->table(),
+                       model_->params(), Subset::experts);
   auto md = read_optim_file<T>(optim_path, model_->table(), optim_->m().data(), optim_->v().data());
   auto dt = md.find("dtype");
   SCMOE_CHECK(dt != md.end() && dt->second == cfg_.train.dtype,
@@ -143,7 +171,7 @@ double Trainer<T>::evaluate() {
     val_data_->next_batch(cfg_.train.batch_size, rank_, world_, inputs_.data(), targets_.data());
     sum += model_->forward(inputs_.data(), targets_.data(), T(0));
   }
-  return sum / cfg_.train.eval_batches;
+  return reduce_mean(sum / cfg_.train.eval_batches);
 }
 
 template <class T>
@@ -154,19 +182,53 @@ void Trainer<T>::save_checkpoint() {
   state_.data_epoch = ls.epoch;
   state_.data_cursor = ls.cursor;
   auto md = state_.to_metadata(cfg_.train.dtype);
-  std::string dir = commit_checkpoint(ckpt_root_, state_.step, cfg_.checkpoint.keep, [&](const std::string& tmp) {
-    write_model_file<T>((fs::path(tmp) / "model.safetensors").string(), model_->table(), model_->params());
-    write_optim_file<T>((fs::path(tmp) / "optim.safetensors").string(), model_->table(), optim_->m().data(),
-                        optim_->v().data(), md);
-    write_text_file((fs::path(tmp) / "config.yaml").string(), config_to_yaml(cfg_));
-  });
-  log_info("checkpoint written: %s", dir.c_str());
+  md["world_size"] = std::to_string(world_);
+  md["rank"] = std::to_string(rank_);
+  md["experts_per_rank"] = std::to_string(cfg_.model.arch == "dense" ? 0 : cfg_.moe.num_experts / world_);
+  // Every rank writes its own files into rank 0's temporary directory; rank 0 renames it only when all
+  // ranks report success, so a rank dying mid-write leaves no directory that looks complete.
+  auto write_mine = [&](const std::string& tmp) {
+    if (rank_ == 0) {
+      write_model_file<T>((fs::path(tmp) / "model.safetensors").string(), model_->table(), model_->params(),
+                          Subset::replicated);
+      write_text_file((fs::path(tmp) / "config.yaml").string(), config_to_yaml(cfg_));
+    }
+    if (!model_->moe_stats().empty())
+      write_model_file<T>((fs::path(tmp) / experts_file_name(rank_, world_)).string(), model_->table(),
+                          model_->params(), Subset::experts);
+    write_optim_file<T>((fs::path(tmp) / optim_file_name(rank_, world_)).string(), model_->table(),
+                        optim_->m().data(), optim_->v().data(), md);
+  };
+  const std::string tmp_dir = (fs::path(ckpt_root_) / (".tmp-" + checkpoint_name(state_.step))).string();
+  if (rank_ == 0) {
+    std::string dir = commit_checkpoint(ckpt_root_, state_.step, cfg_.checkpoint.keep, [&](const std::string& tmp) {
+      if (comm_) comm_->barrier(nullptr);  // the directory exists: other ranks may write
+      std::string err;
+      try {
+        write_mine(tmp);
+      } catch (const std::exception& e) {
+        err = e.what();
+      }
+      SCMOE_CHECK(!any_rank(!err.empty()), "checkpoint " << tmp << " failed" << (err.empty() ? " on another rank" : ": " + err));
+    });
+    log_info("checkpoint written: %s", dir.c_str());
+  } else {
+    comm_->barrier(nullptr);
+    std::string err;
+    try {
+      write_mine(tmp_dir);
+    } catch (const std::exception& e) {
+      err = e.what();
+    }
+    SCMOE_CHECK(!any_rank(!err.empty()), "checkpoint " << tmp_dir << " failed" << (err.empty() ? " on another rank" : ": " + err));
+  }
 }
 
 template <class T>
 bool Trainer<T>::train_step() {
   const int B = cfg_.train.batch_size;
-  const T grad_scale = T(1.0 / (double(B) * cfg_.model.seq_len * grad_accum_));
+  // Each rank's gradients are scaled by its share of the global batch, so their sum is the mean.
+  const T grad_scale = T(1.0 / (double(B) * cfg_.model.seq_len * grad_accum_ * world_));
   model_->zero_grad();
   double loss = 0;
   moe_stats_.reset();
@@ -176,9 +238,19 @@ bool Trainer<T>::train_step() {
     moe_stats_.add(model_->moe_stats(), model_->aux_loss());
     model_->backward();
   }
-  last_loss_ = loss;
-  if (!std::isfinite(loss)) return false;
-  last_norm_ = global_norm(model_->grads(), model_->table().total());
+  reduce_gradients();
+  moe_stats_.reduce(comm_.get());
+  last_loss_ = reduce_mean(loss);
+  if (!std::isfinite(last_loss_)) return false;
+  // Replicated gradients are identical on every rank after the all-reduce; expert gradients are
+  // rank-local, so their squares are summed over ranks.
+  double rep_sq = 0, exp_sq = 0;
+  for (const auto& s : model_->table().specs()) {
+    double n = global_norm(model_->grads() + s.offset, s.numel);
+    (s.expert ? exp_sq : rep_sq) += n * n;
+  }
+  if (comm_) comm_->all_reduce_sum(&exp_sq, 1, DType::f64, nullptr);
+  last_norm_ = std::sqrt(rep_sq + exp_sq);
   double mult = 1.0;
   if (cfg_.optim.grad_clip > 0 && last_norm_ > cfg_.optim.grad_clip) mult = cfg_.optim.grad_clip / last_norm_;
   last_lr_ = lr_at(cfg_.optim, cfg_.train.max_steps, state_.step);
@@ -186,6 +258,28 @@ bool Trainer<T>::train_step() {
   state_.step++;
   state_.tokens_seen += int64_t(B) * cfg_.model.seq_len * world_ * grad_accum_;
   return true;
+}
+
+template <class T>
+void Trainer<T>::reduce_gradients() {
+  if (!comm_) return;
+  for (const auto& [b, e] : model_->table().replicated_ranges())
+    comm_->all_reduce_sum(model_->grads() + b, e - b, sizeof(T) == 4 ? DType::f32 : DType::f64, nullptr);
+}
+
+template <class T>
+double Trainer<T>::reduce_mean(double local) {
+  if (!comm_) return local;
+  comm_->all_reduce_sum(&local, 1, DType::f64, nullptr);
+  return local / world_;
+}
+
+template <class T>
+bool Trainer<T>::any_rank(bool flag) {
+  if (!comm_) return flag;
+  int64_t v = flag ? 1 : 0;
+  comm_->all_reduce_sum(&v, 1, DType::i64, nullptr);
+  return v > 0;
 }
 
 template <class T>
@@ -203,7 +297,7 @@ int Trainer<T>::run() {
   if (!resume_dir.empty()) resume_from(resume_dir);
 
   fs::create_directories(cfg_.train.out_dir);
-  write_text_file((fs::path(cfg_.train.out_dir) / "config.yaml").string(), config_to_yaml(cfg_));
+  if (rank_ == 0) write_text_file((fs::path(cfg_.train.out_dir) / "config.yaml").string(), config_to_yaml(cfg_));
   metrics_ = std::make_unique<MetricsWriter>((fs::path(cfg_.train.out_dir) / "metrics.jsonl").string(),
                                              rank_ == 0, resume_dir.empty() ? -1 : state_.step);
   const auto& tc = cfg_.train;
@@ -235,8 +329,9 @@ int Trainer<T>::run() {
       log_info("step %5lld/%d | val_loss %.4f", (long long)state_.step, tc.max_steps, vl);
     }
     if ((cfg_.checkpoint.every > 0 && state_.step % cfg_.checkpoint.every == 0) || last) save_checkpoint();
-    if (g_stop_signal) {
-      int sig = g_stop_signal;
+    // Ranks may see a forwarded signal at different steps: agree before stopping together.
+    if (any_rank(g_stop_signal != 0)) {
+      int sig = g_stop_signal ? int(g_stop_signal) : SIGTERM;
       if (!last) save_checkpoint();
       log_info("stopped by signal %d at step %lld after writing a checkpoint", sig, (long long)state_.step);
       return 128 + sig;
