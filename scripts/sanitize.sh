@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The CPU unit tests under AddressSanitizer + UndefinedBehaviorSanitizer (build-asan/, no CUDA).
+# The CPU unit tests (not the slower end-to-end and multi-process ones) under AddressSanitizer +
+# UndefinedBehaviorSanitizer, in build-asan/ without CUDA.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ ! -f build-asan/build.ninja ]]; then
@@ -7,5 +8,5 @@ if [[ ! -f build-asan/build.ninja ]]; then
 fi
 cmake --build build-asan -j "$(nproc)"
 cd build-asan
-ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-  ctest --output-on-failure -j "$(nproc)" -L unit "$@"
+OMP_WAIT_POLICY=passive ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+  ctest --output-on-failure -j "$(nproc)" -L unit -LE "e2e|multiprocess" "$@"

@@ -199,28 +199,26 @@ void Trainer<T>::save_checkpoint() {
     write_optim_file<T>((fs::path(tmp) / optim_file_name(rank_, world_)).string(), model_->table(),
                         optim_->m().data(), optim_->v().data(), md);
   };
-  const std::string tmp_dir = (fs::path(ckpt_root_) / (".tmp-" + checkpoint_name(state_.step))).string();
+  // Writes this rank's files, then all ranks agree: one failure anywhere fails the checkpoint everywhere.
+  auto write_and_agree = [&](const std::string& tmp) {
+    std::string err;
+    try {
+      write_mine(tmp);
+    } catch (const std::exception& e) {
+      err = e.what();
+    }
+    SCMOE_CHECK(!any_rank(!err.empty()),
+                "checkpoint " << tmp << " failed" << (err.empty() ? " on another rank" : ": " + err));
+  };
   if (rank_ == 0) {
     std::string dir = commit_checkpoint(ckpt_root_, state_.step, cfg_.checkpoint.keep, [&](const std::string& tmp) {
       if (comm_) comm_->barrier(nullptr);  // the directory exists: other ranks may write
-      std::string err;
-      try {
-        write_mine(tmp);
-      } catch (const std::exception& e) {
-        err = e.what();
-      }
-      SCMOE_CHECK(!any_rank(!err.empty()), "checkpoint " << tmp << " failed" << (err.empty() ? " on another rank" : ": " + err));
+      write_and_agree(tmp);
     });
     log_info("checkpoint written: %s", dir.c_str());
   } else {
     comm_->barrier(nullptr);
-    std::string err;
-    try {
-      write_mine(tmp_dir);
-    } catch (const std::exception& e) {
-      err = e.what();
-    }
-    SCMOE_CHECK(!any_rank(!err.empty()), "checkpoint " << tmp_dir << " failed" << (err.empty() ? " on another rank" : ": " + err));
+    write_and_agree((fs::path(ckpt_root_) / (".tmp-" + checkpoint_name(state_.step))).string());
   }
 }
 
