@@ -68,7 +68,9 @@ def read_st(path):
     except FileNotFoundError:
         raise ReshardError(f"{path}: missing") from None
     except (st.SafetensorsError, OSError) as e:
-        raise ReshardError(f"{path}: not a readable safetensors file: {e}") from None
+        msg = str(e)
+        msg = msg[len(path) + 2:] if msg.startswith(path + ": ") else msg
+        raise ReshardError(f"{path}: not a readable safetensors file: {msg}") from None
 
 
 def parse_config(path):
@@ -268,8 +270,10 @@ def check_replicated_moments(srcd, src, allow_mismatch):
                     d = float(np.max(np.abs(ref.astype(np.float64) - other.astype(np.float64))))
                     bad.append(f"{pre}{name} (rank {r} vs rank 0, max |diff| {d:.3g})")
     if bad:
-        msg = (f"'{src}': the optimizer moments of replicated tensors differ between ranks: "
-               f"{'; '.join(bad[:5])}{' ...' if len(bad) > 5 else ''} ({len(bad)} tensors)")
+        more = " ..." if len(bad) > 5 else ""
+        count = f"{len(bad)} tensor" + ("s" if len(bad) != 1 else "")
+        msg = (f"'{src}': the optimizer moments of replicated tensors differ between ranks ({count}): "
+               f"{'; '.join(bad[:5])}{more}")
         if not allow_mismatch:
             raise ReshardError(msg + ". The ranks were out of sync; pass --allow-optim-mismatch to use "
                                "rank 0's copies anyway")
@@ -372,9 +376,10 @@ def main(argv=None):
             shutil.rmtree(tmp, ignore_errors=True)
         raise
     md = srcd["metas"][0]
+    plural = "" if world == 1 else "s"
     what = (f"{srcd['num_experts']} experts, {srcd['num_experts'] // world} per rank" if srcd["arch"] != "dense"
             else "dense model")
-    print(f"re-sharded {src} (step {md['step']}, {srcd['world']} ranks) -> {dst} ({world} ranks, {what})")
+    print(f"re-sharded {src} (step {md['step']}, {srcd['world']} ranks) -> {dst} ({world} rank{plural}, {what})")
     print(f"resume with: train/launch --nproc-per-node {world} -- build/train ... --resume {dst}")
     if not (re.fullmatch(r"step_\d{8,18}", os.path.basename(dst)) and os.path.basename(parent) == "checkpoints"):
         print("note: `--resume auto` looks only in train.out_dir/checkpoints/step_NNNNNNNN; pass this directory "

@@ -2,27 +2,58 @@
 #include "kernels/cpu/matmul.h"
 
 #include <cblas.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cstdint>
 
 namespace scmoe::cpu {
 
+// OpenBLAS's own thread pool fights OpenMP's for the same cores (a training step ran 3-5x slower with
+// both active), so BLAS runs single-threaded and gemm() splits the rows of C over OpenMP threads itself.
+extern "C" void openblas_set_num_threads(int) __attribute__((weak));
+
 namespace {
 CBLAS_TRANSPOSE tr(bool t) { return t ? CblasTrans : CblasNoTrans; }
-}  // namespace
 
-template <>
-void gemm<float>(bool ta, bool tb, int M, int N, int K, float alpha, const float* A, int lda,
-                 const float* B, int ldb, float beta, float* C, int ldc) {
+void blas_single_threaded() {
+  static const bool once = [] {
+    if (openblas_set_num_threads) openblas_set_num_threads(1);
+    return true;
+  }();
+  (void)once;
+}
+
+void blas(bool ta, bool tb, int M, int N, int K, float alpha, const float* A, int lda, const float* B, int ldb,
+          float beta, float* C, int ldc) {
   cblas_sgemm(CblasRowMajor, tr(ta), tr(tb), M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
-
-template <>
-void gemm<double>(bool ta, bool tb, int M, int N, int K, double alpha, const double* A, int lda,
-                  const double* B, int ldb, double beta, double* C, int ldc) {
+void blas(bool ta, bool tb, int M, int N, int K, double alpha, const double* A, int lda, const double* B, int ldb,
+          double beta, double* C, int ldc) {
   cblas_dgemm(CblasRowMajor, tr(ta), tr(tb), M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
+}  // namespace
+
+template <class T>
+void gemm(bool ta, bool tb, int M, int N, int K, T alpha, const T* A, int lda, const T* B, int ldb, T beta, T* C,
+          int ldc) {
+  blas_single_threaded();
+  const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
+  const int chunks = std::max(1, std::min(threads, M / 32));  // tiny products are not worth splitting
+  if (chunks == 1) return blas(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  // Row block [m0, m1) of C needs rows m0.. of op(A): rows of A, or columns of A when transposed.
+#pragma omp parallel for schedule(static) num_threads(chunks)
+  for (int c = 0; c < chunks; c++) {
+    int m0 = int((int64_t)M * c / chunks), m1 = int((int64_t)M * (c + 1) / chunks);
+    const T* a = ta ? A + m0 : A + (int64_t)m0 * lda;
+    blas(ta, tb, m1 - m0, N, K, alpha, a, lda, B, ldb, beta, C + (int64_t)m0 * ldc, ldc);
+  }
+}
+
+template void gemm<float>(bool, bool, int, int, int, float, const float*, int, const float*, int, float, float*,
+                          int);
+template void gemm<double>(bool, bool, int, int, int, double, const double*, int, const double*, int, double,
+                           double*, int);
 
 template <class T>
 void matmul_forward(T* out, const T* inp, const T* W, const T* bias, int N, int IC, int OC) {

@@ -1,0 +1,459 @@
+#!/usr/bin/env bash
+# Multi-process end-to-end tests of `train` through the launcher train/launch, on loopback (Gloo on the
+# CPU), registered in tests/multiprocess.cmake:
+#   multiprocess_tests.sh TRAIN_BIN SOURCE_DIR CASE
+# Cases:
+#   equiv_<arch>          arch = dense | moe | shared_expert | scmoe: one global batch on 1, 2 and 4 ranks
+#                         gives the same metrics and final weights (float64; tolerance below)
+#   resume_2ranks         8 steps on 2 ranks == 4 steps + resume + 4: checkpoint files byte-identical
+#   reshard_<F>to<T>      train on F ranks, scripts/reshard_checkpoint.py to T ranks, continue: same losses
+#   reshard_dense_<F>to<T>  the same for a dense model (only the optimizer files change)
+#   reshard_errors        the re-shard tool's documented errors
+#   world_mismatch_error  moe.num_experts not divisible by the world size
+#   rank_killed           SIGKILL to one rank: the launcher tears down the job, names it; resume
+#   rank_exit1            one rank exits 1 while the other is blocked in a collective; resume
+#   launcher_sigterm      SIGTERM to the launcher: every rank checkpoints and exits 143; resume
+# Each case works in its own scratch directory (mp_test_CASE) and fails with a message saying what was
+# expected. Tolerance of the equivalence checks: float64 throughout, and the only difference between
+# world sizes is the order in which the gradient all-reduce (and the loss/statistics reductions) add
+# per-rank partial sums, so metrics agree to 1e-9 relative and every weight tensor to 1e-9 of its
+# largest magnitude (observed: ~1e-13; see check.py below for why not element by element).
+set -euo pipefail
+TRAIN=$1 SRC=$2 CASE=$3
+WORK=$(pwd)/mp_test_$CASE
+rm -rf "$WORK" && mkdir -p "$WORK" && cd "$WORK"
+TRAIN_REAL=$(readlink -f "$TRAIN")
+LAUNCH=$SRC/train/launch
+RESHARD=$SRC/scripts/reshard_checkpoint.py
+LPID=
+
+fail() {
+  echo "FAIL ($CASE): $*" >&2
+  exit 1
+}
+
+# PIDs of this case's live train processes (their command line names $WORK; zombies count as gone).
+rank_pids() {
+  local p
+  for p in /proc/[0-9]*; do
+    [[ $(readlink "$p/exe" 2>/dev/null) == "$TRAIN_REAL" ]] || continue
+    tr '\0' '\n' <"$p/cmdline" 2>/dev/null | grep -qF -- "$WORK/" || continue
+    echo "${p#/proc/}"
+  done
+}
+# The train process of global rank $1.
+pid_of_rank() {
+  local p
+  for p in $(rank_pids); do
+    tr '\0' '\n' <"/proc/$p/environ" 2>/dev/null | grep -qx "RANK=$1" && echo "$p"
+  done
+}
+# Whatever happens, leave no processes behind.
+cleanup() {
+  if [[ -n $LPID ]]; then kill -KILL "$LPID" 2>/dev/null || true; fi
+  local p
+  for p in $(rank_pids); do kill -KILL "$p" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+
+# numpy is needed by the comparisons and the re-shard tool.
+PY=python3
+"$PY" -c 'import numpy' 2>/dev/null || PY=/usr/bin/python3
+"$PY" -c 'import numpy' 2>/dev/null || fail "no python3 with numpy found (tried python3, /usr/bin/python3)"
+
+# Byte-level Tiny Shakespeare shards, prepared once per build tree (shared with train_tests.sh).
+DATA=$(dirname "$WORK")/ts_data
+if [[ ! -f $DATA/train_000000.bin ]]; then
+  python3 "$SRC/data/prepare.py" --input "$SRC/data/tinyshakespeare.txt" --out-dir "$DATA.$$" --tokenizer byte >/dev/null
+  mv -T "$DATA.$$" "$DATA" 2>/dev/null || rm -rf "$DATA.$$"  # another test may have won the race
+fi
+
+TINY=(--set model.n_layer=2 --set model.d_model=64 --set model.n_head=4 --set model.d_ff=256
+      --set model.seq_len=64 --set train.log_every=1 --set train.eval_batches=4
+      --set "data.train=$DATA/train_*.bin" --set "data.val=$DATA/val_*.bin" --set train.threads=1)
+MOE=(--set moe.num_experts=4 --set moe.gate_noise=true)
+
+now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
+
+# run_w W LOG ARGS...: `train ARGS` as W ranks (W=1: one plain process, no launcher), output to LOG.
+# A hang cannot outlive the test: timeout sends SIGTERM (forwarded to the ranks), then SIGKILL.
+run_w() {
+  local w=$1 log=$2
+  shift 2
+  if [[ $w == 1 ]]; then
+    timeout -k 10 150 "$TRAIN" "$@" >"$log" 2>&1
+  else
+    timeout -k 10 150 python3 "$LAUNCH" --nproc-per-node "$w" --master-port 0 -- "$TRAIN" "$@" >"$log" 2>&1
+  fi
+}
+
+# Starts the launcher in the background (stdout > out.txt, stderr > err.txt); sets LPID.
+start_launcher() {
+  python3 "$LAUNCH" "$@" >out.txt 2>err.txt &
+  LPID=$!
+}
+# Waits up to $1 s for the launcher; sets RC and ELAPSED_MS (since $2, a now_ms time).
+finish_launcher() {
+  local deadline=$(( $(now_ms) + $1 * 1000 ))
+  while kill -0 "$LPID" 2>/dev/null; do
+    (( $(now_ms) < deadline )) || { tail -20 err.txt >&2; fail "launcher still running $1 s later"; }
+    sleep 0.05
+  done
+  RC=0
+  wait "$LPID" || RC=$?
+  ELAPSED_MS=$(( $(now_ms) - $2 ))
+  LPID=
+}
+# Waits up to $1 s until the file glob $2 matches (the launcher must stay alive meanwhile).
+wait_for() {
+  local deadline=$(( $(now_ms) + $1 * 1000 ))
+  until compgen -G "$2" >/dev/null; do
+    (( $(now_ms) < deadline )) || { tail -20 err.txt >&2; fail "nothing matched $2 within $1 s"; }
+    kill -0 "$LPID" 2>/dev/null || { tail -20 err.txt >&2; fail "launcher exited before $2 appeared"; }
+    sleep 0.05
+  done
+}
+last_complete() {  # the newest complete checkpoint's step number (decimal) under $1/checkpoints
+  local d last=
+  for d in "$1"/checkpoints/step_*; do [[ -f $d/COMPLETE ]] && last=$d; done
+  [[ -n $last ]] || fail "no complete checkpoint in $1/checkpoints"
+  echo $(( 10#${last##*step_} ))
+}
+no_rank_left() {
+  local left
+  left=$(rank_pids | tr '\n' ' ')
+  [[ -z $left ]] || fail "rank processes still running after the launcher exited: $left"
+}
+
+# Comparisons (numpy): metrics.jsonl records and checkpoint tensors.
+cat >check.py <<'PY'
+"""check.py metrics A.jsonl B.jsonl [--from STEP] [--exact]
+   check.py weights CKPT_A CKPT_B [--exact] [--optim]
+Default tolerance: 1e-9 relative; for tensors, max |a - b| <= 1e-9 * max |a| per tensor.
+metrics.jsonl prints %.9g (9 significant digits), so a metric may also differ by one unit in its last
+printed digit when the true values straddle a rounding boundary."""
+import glob, json, math, os, sys
+sys.path.insert(0, os.path.join(os.environ["SRC"], "tests", "torch_ref"))
+import numpy as np
+import st
+
+RTOL = 1e-9
+KEYS = ("loss", "grad_norm", "aux_loss", "val_loss", "moe_drop_frac")
+
+def metrics(path, first):
+    out = {}
+    for line in open(path):
+        r = json.loads(line)
+        if r["step"] >= first:
+            out.update({(r["step"], k): r[k] for k in KEYS if k in r})
+    return out
+
+def close_printed(a, b):
+    if a == b:
+        return True
+    m = max(abs(a), abs(b))
+    return abs(a - b) <= RTOL * m or abs(a - b) <= 1.01 * 10 ** (math.floor(math.log10(m)) - 8)
+
+def load_ckpt(d, optim):
+    files = ["model.safetensors"] + sorted(glob.glob(os.path.join(d, "experts-rank*.safetensors")))
+    if optim:
+        files = sorted(glob.glob(os.path.join(d, "optim-rank*.safetensors")))
+    out = {}
+    for f in files:
+        t, _ = st.read(os.path.join(d, os.path.basename(f)))
+        for n, a in t.items():
+            # Only replicated moments appear in several files; they must be the same everywhere.
+            assert n not in out or out[n].tobytes() == a.tobytes(), f"{d}: {n} differs between ranks"
+            out[n] = a
+    return out
+
+cmd, a, b = sys.argv[1:4]
+exact = "--exact" in sys.argv
+if cmd == "metrics":
+    first = int(sys.argv[sys.argv.index("--from") + 1]) if "--from" in sys.argv else 0
+    ma, mb = metrics(a, first), metrics(b, first)
+    assert ma, f"{a}: no metrics from step {first}"
+    assert set(ma) == set(mb), f"records differ: only in {a}: {sorted(set(ma) - set(mb))[:5]}, only in {b}: {sorted(set(mb) - set(ma))[:5]}"
+    worst, last_digit = 0.0, 0
+    for k in sorted(ma):
+        x, y = ma[k], mb[k]
+        ok = x == y if exact else close_printed(x, y)
+        assert ok, f"step {k[0]} {k[1]}: {x!r} vs {y!r} (rel {abs(x - y) / max(abs(x), abs(y)):.3g})"
+        if x != y:
+            worst = max(worst, abs(x - y) / max(abs(x), abs(y)))
+            last_digit += abs(x - y) > RTOL * max(abs(x), abs(y))
+    print(f"{len(ma)} metric records {'identical' if exact else 'agree'} (max rel diff {worst:.3g}"
+          f"{f', {last_digit} differ only in the last printed digit' if last_digit else ''})")
+elif cmd == "weights":
+    optim = "--optim" in sys.argv
+    ta, tb = load_ckpt(a, optim), load_ckpt(b, optim)
+    assert set(ta) == set(tb), f"tensor names differ: {sorted(set(ta) ^ set(tb))[:5]}"
+    worst, where = 0.0, None
+    for n in sorted(ta):
+        x, y = ta[n], tb[n]
+        assert x.shape == y.shape and x.dtype == y.dtype, f"{n}: {x.dtype}{list(x.shape)} vs {y.dtype}{list(y.shape)}"
+        if exact:
+            assert x.tobytes() == y.tobytes(), f"{n} differs"
+            continue
+        # Relative to the tensor's scale, not element by element: some elements sit at round-off
+        # level (the attention key bias has an exactly zero gradient in exact arithmetic, so its
+        # values are rounding noise ~1e-16 whose sign depends on the reduction order).
+        d = float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64)), initial=0.0))
+        scale = float(np.max(np.abs(x.astype(np.float64)), initial=0.0))
+        rel = d / scale if scale > 0 else (0.0 if d == 0 else math.inf)
+        if rel > worst:
+            worst, where = rel, n
+    assert worst <= RTOL, f"{where}: max rel diff {worst:.3g} > {RTOL}"
+    what = "optimizer moments" if optim else "weights"
+    how = "identical" if exact else "agree (max rel diff %.3g%s)" % (worst, " in " + where if where else "")
+    print(f"{len(ta)} {what} tensors {how}")
+PY
+export SRC
+check() { "$PY" check.py "$@"; }
+
+case $CASE in
+equiv_*)
+  # The same global batch of 8 sequences on 1, 2 and 4 ranks (train.batch_size is per rank).
+  arch=${CASE#equiv_}
+  common=("${TINY[@]}" --set model.arch="$arch" --set train.dtype=float64 --set train.grad_accum=2
+          --set train.max_steps=6 --set train.eval_every=3 --set optim.lr=3e-3 --set optim.warmup_steps=2
+          --set checkpoint.every=0)
+  [[ $arch != dense ]] && common+=("${MOE[@]}")
+  # capacity_factor 0.5 drops tokens; the capacity must not depend on how the batch is split.
+  [[ $arch == moe ]] && common+=(--set moe.capacity_factor=0.5)
+  for w in 1 2 4; do
+    run_w $w w$w.log "${common[@]}" --set train.batch_size=$(( 8 / w )) --set train.out_dir="$WORK/w$w" ||
+      { tail -30 w$w.log; fail "$w-rank run failed"; }
+  done
+  if [[ $arch == moe ]]; then
+    grep -q '"moe_drop_frac":0\.[0-9]*[1-9]' w1/metrics.jsonl || fail "capacity_factor 0.5 dropped no tokens"
+  fi
+  ck=checkpoints/step_00000006
+  for w in 2 4; do
+    echo -n "$w ranks vs 1: " && check metrics w1/metrics.jsonl w$w/metrics.jsonl || fail "$w-rank metrics differ from 1 rank"
+    echo -n "$w ranks vs 1: " && check weights w1/$ck w$w/$ck || fail "$w-rank final weights differ from 1 rank"
+  done
+  ls w4/$ck | grep -q optim-rank00003-of-00004 || fail "4-rank checkpoint lacks rank 3's optimizer file"
+  echo "equivalence ($arch): 1, 2, 4 ranks agree within 1e-9 relative (float64; only the reduction order differs)"
+  ;;
+resume_2ranks)
+  # 8 steps straight == 4 steps, then resume for 4 (the schedule's horizon fixed by optim.decay_steps).
+  common=("${TINY[@]}" "${MOE[@]}" --set model.arch=scmoe --set train.batch_size=4 --set train.grad_accum=2
+          --set optim.decay_steps=8 --set optim.warmup_steps=2 --set train.eval_every=4 --set checkpoint.every=0)
+  run_w 2 a.log "${common[@]}" --set train.max_steps=8 --set train.out_dir="$WORK/a" || { tail -30 a.log; fail "straight run failed"; }
+  run_w 2 b1.log "${common[@]}" --set train.max_steps=4 --set train.out_dir="$WORK/b" || { tail -30 b1.log; fail "first half failed"; }
+  run_w 2 b2.log "${common[@]}" --set train.max_steps=8 --set train.out_dir="$WORK/b" --resume auto ||
+    { tail -30 b2.log; fail "resumed half failed"; }
+  grep -q "resumed from .*step_00000004 at step 4" b2.log || fail "second half did not resume from step 4"
+  ck=checkpoints/step_00000008
+  [[ $(ls a/$ck) == $(ls b/$ck) ]] || fail "file lists differ: $(ls a/$ck) vs $(ls b/$ck)"
+  for f in a/$ck/*; do
+    [[ ${f##*/} == config.yaml ]] && continue  # differs in train.out_dir only; checked below
+    cmp "$f" "b/$ck/${f##*/}" || fail "${f##*/} differs after resume"
+  done
+  diff <(grep -v '^  out_dir: ' a/$ck/config.yaml) <(grep -v '^  out_dir: ' b/$ck/config.yaml) ||
+    fail "config.yaml differs after resume (beyond train.out_dir)"
+  check metrics a/metrics.jsonl b/metrics.jsonl --exact || fail "losses differ between straight and resumed runs"
+  echo "bit-exact resume on 2 ranks: $(( $(ls a/$ck | wc -l) - 1 )) checkpoint files byte-identical (config.yaml: all but train.out_dir)"
+  ;;
+reshard_errors)
+  run_w 2 t.log "${TINY[@]}" "${MOE[@]}" --set model.arch=scmoe --set train.batch_size=4 --set train.max_steps=2 \
+    --set train.out_dir="$WORK/t" || { tail -30 t.log; fail "training failed"; }
+  ck=t/checkpoints/step_00000002
+  expect_error() {  # expect_error "needle" reshard-args...
+    local needle=$1
+    shift
+    if "$PY" "$RESHARD" "$@" >out.txt 2>err.txt; then fail "reshard succeeded for: $*"; fi
+    grep -qF -- "$needle" err.txt || fail "error for '$*' lacks '$needle': $(cat err.txt)"
+    echo "  $(head -c 300 err.txt | head -1)"
+  }
+  expect_error "moe.num_experts 4 is not divisible by 3" "$ck" o3 --world-size 3
+  [[ ! -e o3 ]] || fail "a failed re-shard left its destination behind"
+  mkdir o2 && expect_error "already exists" "$ck" o2 --world-size 2 && rmdir o2
+  expect_error "does not exist" nowhere o2 --world-size 2
+  expect_error "pass one checkpoint" t o2 --world-size 2
+  cp -r "$ck" inc && rm inc/COMPLETE
+  expect_error "no COMPLETE marker" inc o2 --world-size 2
+  cp -r "$ck" miss && rm miss/experts-rank00001-of-00002.safetensors
+  expect_error "lacks experts-rank00001-of-00002.safetensors" miss o2 --world-size 2
+  cp -r "$ck" .tmp-step_00000002
+  expect_error "never finished" .tmp-step_00000002 o2 --world-size 2
+  cp -r "$ck" trunc && truncate -s -100 trunc/optim-rank00001-of-00002.safetensors
+  expect_error "optim-rank00001-of-00002.safetensors" trunc o2 --world-size 2
+  # Replicated moments that differ between ranks mean the ranks were out of sync: abort by default.
+  cp -r "$ck" skew
+  "$PY" - skew/optim-rank00001-of-00002.safetensors <<'PY'
+import os, sys
+sys.path.insert(0, os.path.join(os.environ["SRC"], "tests", "torch_ref"))
+import st
+t, md = st.read(sys.argv[1])
+t["m.wte"][0, 0] += 1e-3
+st.write(sys.argv[1], t, md)
+PY
+  expect_error "differ between ranks" skew o2 --world-size 2
+  "$PY" "$RESHARD" skew o2 --world-size 2 --allow-optim-mismatch >out.txt 2>err.txt || fail "--allow-optim-mismatch: $(cat err.txt)"
+  grep -q "warning" err.txt || fail "no warning with --allow-optim-mismatch"
+  ls -a | grep -q '^\.tmp-reshard' && fail "temporary directory left behind"
+  [[ -f o2/COMPLETE ]] || fail "no COMPLETE in the re-sharded checkpoint"
+  echo "re-shard errors: all reported clearly, nothing left behind"
+  ;;
+reshard_*)
+  # Train on F ranks, re-shard the checkpoint to T ranks and continue; compare with continuing on F.
+  spec=${CASE#reshard_}
+  arch=scmoe
+  if [[ $spec == dense_* ]]; then arch=dense spec=${spec#dense_}; fi
+  from=${spec%to*} to=${spec#*to}
+  common=("${TINY[@]}" --set model.arch=$arch --set train.dtype=float64 --set train.grad_accum=2
+          --set optim.decay_steps=6 --set optim.lr=3e-3 --set optim.warmup_steps=2 --set train.eval_every=2
+          --set checkpoint.every=0)
+  [[ $arch != dense ]] && common+=("${MOE[@]}")
+  bs_from=$(( 8 / from )) bs_to=$(( 8 / to ))
+  run_w "$from" a1.log "${common[@]}" --set train.batch_size=$bs_from --set train.max_steps=4 --set train.out_dir="$WORK/a" ||
+    { tail -30 a1.log; fail "first 4 steps on $from ranks failed"; }
+  src_ck=a/checkpoints/step_00000004
+  # Into the new run's checkpoints directory, so that --resume auto finds it.
+  "$PY" "$RESHARD" "$src_ck" b/checkpoints/step_00000004 --world-size "$to" >reshard.log 2>&1 ||
+    { cat reshard.log; fail "re-sharding $from -> $to failed"; }
+  cat reshard.log
+  # Without re-sharding, the other world size is refused with a pointer to the tool.
+  if [[ $from != "$to" ]]; then
+    if run_w "$to" wrong.log "${common[@]}" --set train.batch_size=$bs_to --set train.max_steps=6 \
+         --set train.out_dir="$WORK/c" --resume "$WORK/$src_ck"; then
+      fail "resuming a $from-rank checkpoint on $to ranks without re-sharding succeeded"
+    fi
+    grep -q "Re-shard it" wrong.log && grep -q "different number of ranks" wrong.log && grep -q "this run has $to" wrong.log ||
+      fail "unclear error for a world-size mismatch on resume: $(grep -i error wrong.log | head -3)"
+  fi
+  run_w "$from" a2.log "${common[@]}" --set train.batch_size=$bs_from --set train.max_steps=6 --set train.out_dir="$WORK/a" \
+    --resume auto || { tail -30 a2.log; fail "continuing on $from ranks failed"; }
+  run_w "$to" b.log "${common[@]}" --set train.batch_size=$bs_to --set train.max_steps=6 --set train.out_dir="$WORK/b" \
+    --resume auto || { tail -30 b.log; fail "continuing on $to ranks after re-sharding failed"; }
+  grep -q "resumed from .*step_00000004 at step 4" b.log || fail "the $to-rank run did not resume from the re-sharded checkpoint"
+  echo -n "continued on $to vs $from ranks: " && check metrics a/metrics.jsonl b/metrics.jsonl --from 5 ||
+    fail "losses after re-sharding differ"
+  echo -n "final weights: " && check weights a/checkpoints/step_00000006 b/checkpoints/step_00000006 ||
+    fail "final weights after re-sharding differ"
+  echo "re-shard $from -> $to ($arch): same losses and weights within 1e-9 relative (float64)"
+  ;;
+world_mismatch_error)
+  # 4 experts cannot be split evenly over 3 ranks: every rank must say so, before training.
+  if run_w 3 log.txt "${TINY[@]}" "${MOE[@]}" --set model.arch=moe --set train.batch_size=2 --set train.max_steps=2 \
+       --set train.out_dir="$WORK/run"; then
+    fail "num_experts 4 on 3 ranks succeeded"
+  fi
+  grep -qE 'error: .*moe\.num_experts.*world size.*3|error: .*world size.*3.*moe\.num_experts' log.txt ||
+    fail "error does not name moe.num_experts and the world size 3: $(grep -i error log.txt | head -3)"
+  grep -q "launch: exiting with status [1-9]" log.txt || fail "launcher did not exit non-zero"
+  [[ ! -e run/metrics.jsonl ]] || fail "training started despite the mismatch"
+  echo "num_experts 4 on 3 ranks refused before training, naming moe.num_experts and the world size"
+  ;;
+rank_killed)
+  # SIGKILL one rank once a checkpoint exists: the launcher must stop the other rank within seconds,
+  # exit 128+9 naming rank 1, and --resume auto must continue from the last complete checkpoint.
+  common=("${TINY[@]}" "${MOE[@]}" --set model.arch=scmoe --set train.batch_size=4 --set train.eval_every=0
+          --set checkpoint.every=2 --set checkpoint.keep=100 --set train.out_dir="$WORK/run")
+  start_launcher --nproc-per-node 2 --master-port 0 -- "$TRAIN" "${common[@]}" --set train.max_steps=100000
+  wait_for 60 "run/checkpoints/step_*/COMPLETE"
+  victim=$(pid_of_rank 1)
+  [[ $victim =~ ^[0-9]+$ ]] || fail "cannot find rank 1's process (found '$victim')"
+  T0=$(now_ms)
+  kill -KILL "$victim"
+  finish_launcher 30 "$T0"
+  echo "launcher exited with status $RC $ELAPSED_MS ms after SIGKILL to rank 1 (pid $victim):"
+  grep '^launch:' err.txt
+  no_rank_left
+  (( ELAPSED_MS <= 15000 )) || fail "launcher took $ELAPSED_MS ms to tear the job down (expected a few seconds)"
+  [[ $RC -ne 0 ]] || fail "launcher exited 0 after a rank was killed"
+  ls -a run/checkpoints | grep '^\.tmp-' && echo "(a checkpoint was being written when rank 1 died)"
+  last=$(last_complete run)
+  # Leftovers of interrupted checkpoints must never be resumed from (simulated, with higher steps).
+  cp -r "run/checkpoints/$(printf 'step_%08d' "$last")" run/checkpoints/.tmp-step_99999999
+  cp -r "run/checkpoints/$(printf 'step_%08d' "$last")" run/checkpoints/step_99999998
+  rm run/checkpoints/step_99999998/COMPLETE
+  run_w 2 resume.log "${common[@]}" --set train.max_steps=$(( last + 2 )) --resume auto ||
+    { tail -30 resume.log; fail "resume after SIGKILL failed"; }
+  grep -q "resumed from $WORK/run/checkpoints/$(printf 'step_%08d' "$last") at step $last" resume.log ||
+    fail "did not resume from the last complete checkpoint (step $last): $(grep -i resum resume.log)"
+  grep -q "launch: rank 1 killed by signal SIGKILL$" err.txt && [[ $RC -eq 137 ]] ||
+    fail "launcher blamed the wrong rank: expected 'launch: rank 1 killed by signal SIGKILL' and status 137, got status $RC and: $(grep '^launch: rank' err.txt | head -1)"
+  echo "SIGKILL to rank 1 -> launcher status $RC in $ELAPSED_MS ms, no ranks left; resumed from step $last"
+  ;;
+rank_exit1)
+  # No trainer code path makes exactly one rank exit 1 (errors exit 2; divergence, the only status-1
+  # path, is detected by all ranks together). So rank 1 runs through a wrapper that, once the run has a
+  # complete checkpoint, freezes its trainer (SIGSTOP: its connections stay open, so rank 0 blocks in the
+  # next collective instead of failing at once) and exits with status 1. The launcher must report rank 1,
+  # exit 1, and tear down rank 0 (stuck in a collective, so SIGKILL after --kill-timeout) and the frozen
+  # trainer in rank 1's process group; --resume auto then continues from the last complete checkpoint.
+  cat >rank1_exits.sh <<'SH'
+#!/usr/bin/env bash
+[[ $RANK == 1 ]] || exec "$@"
+"$@" &
+child=$!
+until compgen -G "$CKPT_GLOB" >/dev/null; do
+  kill -0 $child 2>/dev/null || exit 3
+  sleep 0.05
+done
+sleep 0.3
+kill -STOP $child
+echo "rank1_exits.sh: froze train (pid $child), exiting 1" >&2
+exit 1
+SH
+  common=("${TINY[@]}" "${MOE[@]}" --set model.arch=scmoe --set train.batch_size=4 --set train.eval_every=0
+          --set checkpoint.every=2 --set checkpoint.keep=100 --set train.out_dir="$WORK/run")
+  export CKPT_GLOB="$WORK/run/checkpoints/step_*/COMPLETE"
+  T0=$(now_ms)
+  start_launcher --nproc-per-node 2 --master-port 0 --kill-timeout 2 -- bash rank1_exits.sh "$TRAIN" "${common[@]}" \
+    --set train.max_steps=100000
+  finish_launcher 90 "$T0"
+  grep '^launch:' err.txt
+  no_rank_left
+  grep -q "froze train" err.txt || fail "rank 1's wrapper did not act"
+  grep -q "^launch: rank 1 exited with status 1$" err.txt || fail "launcher did not report rank 1's exit status 1"
+  [[ $RC -eq 1 ]] || fail "launcher exited $RC, expected rank 1's status 1"
+  grep -q "^launch: rank 0 killed by signal SIGKILL (while stopping)" err.txt ||
+    fail "expected rank 0 (blocked in a collective) to be SIGKILLed after --kill-timeout"
+  last=$(last_complete run)
+  run_w 2 resume.log "${common[@]}" --set train.max_steps=$(( last + 2 )) --resume auto ||
+    { tail -30 resume.log; fail "resume after the failed rank failed"; }
+  grep -q "resumed from $WORK/run/checkpoints/$(printf 'step_%08d' "$last") at step $last" resume.log ||
+    fail "did not resume from the last complete checkpoint (step $last)"
+  echo "rank 1 exited 1 -> launcher status 1, rank 0 torn down, no ranks left; resumed from step $last"
+  ;;
+launcher_sigterm)
+  # SIGTERM to the launcher: forwarded to both ranks, which agree, write one checkpoint and exit 143.
+  common=("${TINY[@]}" "${MOE[@]}" --set model.arch=scmoe --set train.batch_size=4 --set train.eval_every=0
+          --set checkpoint.every=0 --set train.out_dir="$WORK/run")
+  start_launcher --nproc-per-node 2 --master-port 0 -- "$TRAIN" "${common[@]}" --set train.max_steps=100000
+  T0=$(now_ms)
+  until grep -q "^\[rank 0\] step     3/" out.txt; do
+    (( $(now_ms) < T0 + 60000 )) || fail "no step 3 within 60 s"
+    kill -0 "$LPID" 2>/dev/null || { cat err.txt; fail "launcher exited early"; }
+    sleep 0.05
+  done
+  T0=$(now_ms)
+  kill -TERM "$LPID"
+  finish_launcher 30 "$T0"
+  grep '^launch:' err.txt
+  no_rank_left
+  [[ $RC -eq 143 ]] || fail "launcher exited $RC, expected 143"
+  for r in 0 1; do
+    grep -q "^launch: rank $r exited with status 143 (while stopping)$" err.txt || fail "rank $r did not exit 143"
+  done
+  ckpts=(run/checkpoints/step_*)
+  [[ ${#ckpts[@]} -eq 1 && -f ${ckpts[0]}/COMPLETE ]] || fail "expected exactly one complete checkpoint, got: ${ckpts[*]}"
+  for f in model.safetensors config.yaml {experts,optim}-rank0000{0,1}-of-00002.safetensors; do
+    [[ -f ${ckpts[0]}/$f ]] || fail "${ckpts[0]} lacks $f"
+  done
+  ls -a run/checkpoints | grep -q '^\.tmp-' && fail "temporary checkpoint left behind"
+  grep -q "stopped by signal 15 at step" out.txt || fail "rank 0 did not log the stop"
+  step=$(( 10#${ckpts[0]##*step_} ))
+  run_w 2 resume.log "${common[@]}" --set train.max_steps=$(( step + 2 )) --resume auto ||
+    { tail -30 resume.log; fail "resume after SIGTERM failed"; }
+  grep -q "resumed from .*step_$(printf '%08d' "$step") at step $step" resume.log || fail "did not resume from step $step"
+  echo "SIGTERM -> both ranks checkpointed at step $step and exited 143, launcher 143 in $ELAPSED_MS ms; resumed"
+  ;;
+*)
+  fail "unknown case"
+  ;;
+esac
