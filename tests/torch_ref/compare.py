@@ -38,7 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gpt  # noqa: E402
 import st  # noqa: E402
 
-TOLERANCE = {"float64": 1e-8, "float32": 2e-4}
+TOLERANCE = {"float64": 1e-8, "float32": 1e-5}  # issue 2 asks 1e-5 relative; float32 dumps reach ~2e-6
 TORCH_DTYPE = {"float64": torch.float64, "float32": torch.float32}
 TINY = 1e-30
 REQUIRED = ("inputs", "targets", "loss")
