@@ -38,6 +38,7 @@ using cpu::router_backward;
 using cpu::router_forward;
 using cpu::admit_rows;
 using cpu::dispatch_plan;
+using cpu::fixed_capacity_slots;
 using cpu::gather_rows;
 using cpu::route_sort;
 using cpu::scatter_rows;

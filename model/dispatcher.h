@@ -6,6 +6,12 @@
 //   combine:   expert outputs back to receive order (dropped rows return zeros) -> reverse All-to-All
 //              -> each token sums gate * output over its choices
 // Backward runs the same exchanges in the opposite direction. With one rank every exchange is a copy.
+// Two exchange layouts give identical results:
+//   dropless (capacity_factor <= 0): rows packed, sizes known only after the count exchange;
+//   fixed capacity: every (source, expert) pair owns `capacity` rows (padded), so every exchange has a
+//              size known in advance (no host synchronisation on a GPU). A source sends only its first
+//              `capacity` rows per expert: the global admission order visits a source's rows in that
+//              same order, so no row that could be admitted is left behind.
 #pragma once
 #include <algorithm>
 #include <vector>
@@ -20,6 +26,7 @@ template <class T>
 struct Dispatcher {
   int N = 0, k = 1, C = 0, E = 0, W = 1, rank = 0, El = 0;
   int64_t capacity = 0;
+  bool fixed = false;            // fixed-capacity layout (see above)
   Communicator* comm = nullptr;  // null or world 1: local copies
 
   // plan (saved for backward)
@@ -38,9 +45,11 @@ struct Dispatcher {
     send_bucket.assign((size_t)E * k, 0), recv_bucket.assign((size_t)W * El * k, 0);
     expert_counts.assign(El, 0), expert_offsets.assign(El + 1, 0);
   }
-  void alloc(Arena& a, int N_) {
-    N = N_;
-    size_t local = (size_t)N * k, worst = local * W;  // every rank may send every row here
+  // capacity_ and fixed_ are fixed for the run: they size the buffers.
+  void alloc(Arena& a, int N_, int64_t capacity_, bool fixed_) {
+    N = N_, capacity = capacity_, fixed = fixed_;
+    size_t local = (size_t)N * k, worst = local * W;  // packed: every rank may send every row here
+    if (fixed) local = std::max(local, (size_t)E * capacity), worst = std::max(worst, (size_t)E * capacity);
     send_pos = a.alloc<int32_t>(local);
     expert_row = a.alloc<int32_t>(worst);
     xs = a.alloc<T>(local * C), ys = a.alloc<T>(local * C);
@@ -50,11 +59,13 @@ struct Dispatcher {
   // x: [N, C] router input; fills xe (expert-contiguous, expert_offsets[El] rows).
   void dispatch(T* xe, const T* x, const int32_t* topk_idx) {
     ops::route_sort(topk_idx, N, k, E, send_pos, send_bucket.data());
+    if (fixed) ops::fixed_capacity_slots(topk_idx, N, k, E, capacity, send_pos, send_bucket.data());
     exchange_counts();
     ops::permute_forward(xs, x, send_pos, N, k, C);
     exchange_rows(xs, xr, /*forward=*/true);
-    dropped = ops::admit_rows(recv_bucket.data(), W, El, k, capacity, expert_row, expert_counts.data(),
-                              expert_offsets.data());
+    dropped = ops::admit_rows(recv_bucket.data(), W, El, k, capacity, fixed ? capacity : 0, recv_total, expert_row,
+                              expert_counts.data(), expert_offsets.data());
+    if (fixed) dropped += rows_not_sent();
     ops::scatter_rows(xe, xr, expert_row, recv_total, C);
   }
   // ye: expert outputs; y[n] = sum_j gate[n,j] * output of choice j (0 when dropped).
@@ -92,6 +103,17 @@ struct Dispatcher {
     for (int r = 1; r < W; r++)
       send_off[r] = send_off[r - 1] + send_rows[r - 1], recv_off[r] = recv_off[r - 1] + recv_rows[r - 1];
     recv_total = (int64_t)(recv_off[W - 1] + recv_rows[W - 1]);
+    if (fixed) {  // every (source, expert) slot is `capacity` rows, whatever it holds
+      for (int r = 0; r < W; r++)
+        send_rows[r] = recv_rows[r] = (size_t)El * capacity, send_off[r] = recv_off[r] = (size_t)r * El * capacity;
+      recv_total = (int64_t)E * capacity;
+    }
+  }
+  // Rows a source kept back in the fixed layout: dropped, counted on the source rank.
+  int64_t rows_not_sent() const {
+    int64_t n = 0;
+    for (int64_t i = 0; i < (int64_t)N * k; i++) n += send_pos[i] < 0;
+    return n;
   }
   // forward: source send order -> expert receive order; backward (false): the reverse.
   void exchange_rows(const T* src, T* dst, bool forward) {

@@ -85,7 +85,7 @@ struct MoE {
     hidden_h = a.alloc<T>(rows * F), hidden_g = a.alloc<T>(rows * F);
     dh = a.alloc<T>(rows * F), dg = a.alloc<T>(rows * F);
     dx = a.alloc<T>((size_t)N * C);
-    dispatcher.alloc(a, N);
+    dispatcher.alloc(a, N, capacity(), capacity_factor > 0);
   }
 
   // Rows per expert over the global batch (DESIGN.md section 3); dropless when capacity_factor <= 0.
@@ -103,7 +103,6 @@ struct MoE {
     auto L = ops::router_forward(logits, N, E, k, renormalize, probs, topk_idx, topk_gate, pmean.data(),
                                  route_counts.data());
     reduce_router_stats(L);
-    dispatcher.capacity = capacity();
     dispatcher.dispatch(xe, x, topk_idx);
     const auto& off = dispatcher.expert_offsets;
     for (int le = 0; le < El; le++) {
@@ -187,7 +186,7 @@ struct MoE {
     stats.tokens_per_expert.assign(E, 0);
     for (int le = 0; le < El; le++) stats.tokens_per_expert[first_expert + le] = dispatcher.expert_counts[le];
     stats.dropped = dispatcher.dropped;
-    stats.assignments = dispatcher.recv_total;
+    stats.assignments = (int64_t)N * k;  // this rank's tokens' choices (summed over ranks by the trainer)
   }
   bool noise_applied = false;
 };

@@ -1,6 +1,7 @@
 // `train`: the command-line entry point. Parses flags, loads and validates the configuration, then
 // trains (or evaluates a checkpoint). Every error ends here with a message and a non-zero status.
 #include <boost/program_options.hpp>
+#include <csignal>
 #include <cstdio>
 #include <iostream>
 
@@ -47,6 +48,8 @@ int main(int argc, char** argv) {
       std::printf("# resolved configuration%s%s\n%s", config_path.empty() ? "" : " from ", config_path.c_str(),
                   scmoe::config_to_yaml(cfg).c_str());
     scmoe::install_stop_signal_handlers();
+    // A peer that died makes Gloo's socket writes fail; report that error instead of dying of SIGPIPE.
+    std::signal(SIGPIPE, SIG_IGN);
     scmoe::RunOptions opt;
     opt.resume = resume;
     opt.eval_only = vm.count("eval-only") > 0;

@@ -3,6 +3,7 @@
 // so all writes are disjoint and results do not depend on the thread count.
 #include "kernels/cpu/permute.h"
 
+#include <algorithm>
 #include <climits>
 #include <vector>
 
@@ -26,13 +27,19 @@ void route_sort(const int32_t* topk_idx, int N, int k, int E, int32_t* send_pos,
   for (int64_t i = 0; i < (int64_t)N * k; i++) send_pos[i] = (int32_t)next[(int64_t)topk_idx[i] * k + i % k]++;
 }
 
-int64_t admit_rows(const int64_t* recv_bucket, int W, int El, int k, int64_t capacity, int32_t* expert_row,
-                   int64_t* expert_counts, int64_t* expert_offsets) {
+int64_t admit_rows(const int64_t* recv_bucket, int W, int El, int k, int64_t capacity, int64_t slot_rows,
+                   int64_t recv_rows, int32_t* expert_row, int64_t* expert_counts, int64_t* expert_offsets) {
   SCMOE_CHECK(capacity >= 0, "admit_rows: negative capacity " << capacity << " (use N*k for dropless)");
   // First row of each (source, expert, choice) block in the receive buffer.
   std::vector<int64_t> start((size_t)W * El * k);
   int64_t acc = 0;
-  for (size_t b = 0; b < start.size(); b++) start[b] = acc, acc += recv_bucket[b];
+  for (size_t b = 0; b < start.size(); b++) {
+    if (slot_rows > 0 && b % k == 0) acc = int64_t(b / k) * slot_rows;  // each (source, expert) slot
+    start[b] = acc, acc += recv_bucket[b];
+    SCMOE_CHECK(slot_rows == 0 || acc <= int64_t(b / k + 1) * slot_rows, "admit_rows: a slot overflows");
+  }
+  SCMOE_CHECK(slot_rows > 0 || acc == recv_rows, "admit_rows: counts say " << acc << " rows, buffer has " << recv_rows);
+  for (int64_t i = 0; i < recv_rows; i++) expert_row[i] = -1;  // padding stays -1
   for (int le = 0; le < El; le++) expert_counts[le] = 0;
   // Serial, in the single-process fill order; slots first, made global once offsets are known.
   int64_t dropped = 0;
@@ -44,7 +51,6 @@ int64_t admit_rows(const int64_t* recv_bucket, int W, int El, int k, int64_t cap
           if (expert_counts[le] < capacity) {
             expert_row[start[b] + i] = (int32_t)expert_counts[le]++;
           } else {
-            expert_row[start[b] + i] = -1;
             dropped++;
           }
         }
@@ -57,6 +63,28 @@ int64_t admit_rows(const int64_t* recv_bucket, int W, int El, int k, int64_t cap
       if (expert_row[start[b] + i] >= 0) expert_row[start[b] + i] += (int32_t)expert_offsets[le];
   }
   return dropped;
+}
+
+void fixed_capacity_slots(const int32_t* topk_idx, int N, int k, int E, int64_t capacity, int32_t* send_pos,
+                          int64_t* bucket) {
+  // Packed start of each (expert, choice) block, and how many rows of the expert come before it.
+  std::vector<int64_t> start((size_t)E * k), before((size_t)E * k);
+  int64_t acc = 0;
+  for (int e = 0; e < E; e++) {
+    int64_t in_expert = 0;
+    for (int j = 0; j < k; j++) {
+      size_t b = (size_t)e * k + j;
+      start[b] = acc, before[b] = in_expert;
+      acc += bucket[b], in_expert += bucket[b];
+    }
+  }
+  for (int64_t i = 0; i < (int64_t)N * k; i++) {
+    size_t b = (size_t)topk_idx[i] * k + i % k;
+    int64_t rank_in_expert = before[b] + (send_pos[i] - start[b]);
+    send_pos[i] = rank_in_expert < capacity ? (int32_t)(topk_idx[i] * capacity + rank_in_expert) : -1;
+  }
+  for (size_t b = 0; b < start.size(); b++)
+    bucket[b] = std::max<int64_t>(0, std::min(bucket[b], capacity - before[b]));
 }
 
 template <class T>
@@ -89,7 +117,8 @@ int64_t dispatch_plan(const int32_t* topk_idx, int N, int k, int E, int64_t capa
   std::vector<int32_t> send_pos((size_t)N * k), expert_row((size_t)N * k);
   std::vector<int64_t> bucket((size_t)E * k);
   route_sort(topk_idx, N, k, E, send_pos.data(), bucket.data());
-  int64_t dropped = admit_rows(bucket.data(), 1, E, k, capacity, expert_row.data(), counts, offsets);
+  int64_t dropped =
+      admit_rows(bucket.data(), 1, E, k, capacity, 0, (int64_t)N * k, expert_row.data(), counts, offsets);
   for (int64_t i = 0; i < (int64_t)N * k; i++) pos[i] = expert_row[send_pos[i]];
   return dropped;
 }

@@ -16,10 +16,19 @@ void route_sort(const int32_t* topk_idx, int N, int k, int E, int32_t* send_pos,
 // Expert side: rows arrive from W source ranks, each block in (local expert, choice, token) order with
 // recv_bucket[(r*El + le)*k + j] rows. Rows are admitted per expert in the single-process order
 // (choice-major, then source rank, then token) up to `capacity`, so which tokens are dropped does not
-// depend on the number of ranks. expert_row[recv_row] = row in the expert-contiguous buffer, or -1
-// when dropped; expert_counts[El], expert_offsets[El+1]. Returns the number dropped.
-int64_t admit_rows(const int64_t* recv_bucket, int W, int El, int k, int64_t capacity, int32_t* expert_row,
-                   int64_t* expert_counts, int64_t* expert_offsets);
+// depend on the number of ranks. Packed layout (slot_rows 0): the blocks follow each other; fixed
+// layout: every (source, expert) owns slot_rows rows, unused ones are padding. expert_row[recv_row] =
+// row in the expert-contiguous buffer, or -1 when dropped or padding (recv_rows rows in all);
+// expert_counts[El], expert_offsets[El+1]. Returns the number dropped.
+int64_t admit_rows(const int64_t* recv_bucket, int W, int El, int k, int64_t capacity, int64_t slot_rows,
+                   int64_t recv_rows, int32_t* expert_row, int64_t* expert_counts, int64_t* expert_offsets);
+
+// Fixed-capacity sends (no count-dependent sizes): each expert gets a slot of `capacity` rows and only
+// the first `capacity` rows of an expert (in (choice, token) order) are sent; later ones could never be
+// admitted. Rewrites send_pos (from route_sort) to slot rows (e*capacity + i, or -1) and bucket to
+// the rows actually sent per (expert, choice).
+void fixed_capacity_slots(const int32_t* topk_idx, int N, int k, int E, int64_t capacity, int32_t* send_pos,
+                          int64_t* bucket);
 
 // dst[map[i]] = src[i] for every map[i] >= 0.
 template <class T>
