@@ -239,6 +239,14 @@ class WorkerStream : public CpuStreamBase {
   void loop() {
     std::unique_lock<std::mutex> lock(m_);
     for (;;) {
+      // Poll (yielding) for a short while before sleeping: work usually arrives in bursts (an exchange,
+      // then its event), and waking a sleeping thread behind busy OpenMP threads costs milliseconds.
+      for (auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(kPollUs);
+           queue_.empty() && !stop_ && std::chrono::steady_clock::now() < until;) {
+        lock.unlock();
+        std::this_thread::yield();
+        lock.lock();
+      }
       work_cv_.wait(lock, [this] { return stop_ || !queue_.empty(); });
       if (queue_.empty()) return;  // stop_ set and nothing left
       std::function<void()> item = std::move(queue_.front());
@@ -253,6 +261,7 @@ class WorkerStream : public CpuStreamBase {
     }
   }
 
+  static constexpr int kPollUs = 2000;
   std::mutex m_;
   std::condition_variable work_cv_;  // worker: an item arrived or stop
   std::condition_variable idle_cv_;  // host: queue drained and nothing running

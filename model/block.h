@@ -35,7 +35,7 @@ struct Block {
   // saved for backward
   T *ln1_out = nullptr, *a = nullptr, *u = nullptr, *mlp_out = nullptr, *moe_out = nullptr;
   T *gate_z = nullptr, *gate_coef = nullptr, *moe_norm_out = nullptr;
-  const T* moe_in = nullptr;      // set by the model before forward()
+  const T* moe_in = nullptr;      // the routed branch's input (set by the model)
   T* tmp = nullptr;               // shared scratch
   std::vector<const T*> du_taps;  // gradients to add to dL/du (routed branches that read this u)
 
@@ -87,16 +87,22 @@ struct Block {
     if (combine != Combine::add) gate_z = ar.alloc<T>((size_t)N * 2), gate_coef = ar.alloc<T>((size_t)N * 2);
   }
 
-  void forward(T* out, const T* h, Rng* rng) {
-    const int64_t NC = (int64_t)N * C;
+  // Forward in stages so the model can interleave a routed branch's phases (DESIGN.md section 3):
+  // attn (a, u), ffn (shared expert / MLP and the combine gate's logits), out (the sum). The routed
+  // branch's output must be in moe_out before out().
+  void forward_attn(const T* h) {
     ln1.forward(ln1_out, h, N);
     attn.forward(tmp, ln1_out);
-    ops::add(a, h, tmp, NC);
+    ops::add(a, h, tmp, (int64_t)N * C);
     ln2.forward(u, a, N);
-    ops::copy(out, a, NC);
+  }
+  void forward_ffn() {
     if (has_mlp) mlp.forward(mlp_out, u, N);
-    if (moe) moe->forward(moe_out, moe_in, rng);
     if (combine != Combine::add) combine_gate.forward(gate_z, u, N);
+  }
+  void forward_out(T* out) {
+    const int64_t NC = (int64_t)N * C;
+    ops::copy(out, a, NC);
     if (combine == Combine::cg1) {
       ops::cg1_forward(tmp, gate_coef, gate_z, mlp_out, N, C);
       ops::add_inplace(out, tmp, NC);
@@ -110,40 +116,38 @@ struct Block {
     if (moe) ops::add_inplace(out, moe_out, NC);
   }
 
-  // The routed branch's backward: fills moe->dx (gradient w.r.t. moe_in). Split from backward() so
-  // the model can run it first (its result feeds an earlier block's tap).
-  void backward_moe(const T* d, GradScratch<T>& s, double loss_scale) {
-    if (!moe) return;
-    const T* dmoe = d;
-    if (combine == Combine::cg2) {
+  // Backward stages, mirrored. out_backward splits dL/d(out) (d) into the routed branch's gradient
+  // (returned; feed it to moe->backward_begin at once) and the shared expert's (kept in scratch for
+  // ffn_backward, which must come next). join_backward adds the routed branches that read this u
+  // (du_taps) and goes through LN2 into d; attn_backward turns d into dL/d(h).
+  const T* out_backward(const T* d, GradScratch<T>& s) {
+    dse = d;
+    if (combine == Combine::cg1) {
+      ops::cg1_backward(s.dnorm, s.dgate, d, gate_coef, mlp_out, N, C);
+      dse = s.dnorm;
+    } else if (combine == Combine::cg2) {
       ops::cg2_backward(s.dnorm, tmp, s.dgate, d, gate_coef, mlp_out, moe_out, N, C);
-      dmoe = tmp;  // s.dnorm holds dSE and s.dgate dz for backward()
+      dse = s.dnorm;
+      return tmp;
     }
-    moe->backward(dmoe, loss_scale);
+    return d;
   }
-
-  // d holds dL/d(out) on entry and dL/d(h) on return (in place). backward_moe() must run first.
-  void backward(T* d, const T* h, GradScratch<T>& s) {
-    T* du = s.du;
-    bool du_set = false;
-    if (has_mlp) {
-      const T* dse = d;
-      if (combine == Combine::cg1) {
-        ops::cg1_backward(s.dnorm, s.dgate, d, gate_coef, mlp_out, N, C);
-        dse = s.dnorm;
-      } else if (combine == Combine::cg2) {
-        dse = s.dnorm;  // computed in backward_moe
-      }
-      mlp.backward(du, dse, u, N, s, false);
-      du_set = true;
-      if (combine != Combine::add) combine_gate.backward(du, s.dgate, u, N, true);
-    }
-    if (!du_set) ops::fill(du, T(0), (int64_t)N * C);
-    for (const T* t : du_taps) ops::add_inplace(du, t, (int64_t)N * C);
-    ln2.backward(d, du, a, N, true);
+  void ffn_backward(GradScratch<T>& s) {
+    if (!has_mlp) return ops::fill(s.du, T(0), (int64_t)N * C);
+    mlp.backward(s.du, dse, u, N, s, false);
+    if (combine != Combine::add) combine_gate.backward(s.du, s.dgate, u, N, true);
+  }
+  void join_backward(T* d, GradScratch<T>& s) {
+    for (const T* t : du_taps) ops::add_inplace(s.du, t, (int64_t)N * C);
+    ln2.backward(d, s.du, a, N, true);
+  }
+  void attn_backward(T* d, const T* h, GradScratch<T>& s) {
     attn.backward(s.dnorm, d, ln1_out, s);
     ln1.backward(d, s.dnorm, h, N, true);
   }
+
+ private:
+  const T* dse = nullptr;  // the shared expert's output gradient between out_backward and ffn_backward
 };
 
 }  // namespace scmoe

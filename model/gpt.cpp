@@ -3,6 +3,7 @@
 #include "model/gpt.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 
 #include "core/rng.h"
@@ -74,6 +75,16 @@ GPT<T>::GPT(const Config& cfg, int micro_batch, Communicator* comm)
   alloc_activations(arena_);
   arena_.allocate_measured();
   alloc_activations(arena_);
+  // ScMoE's branches overlap their exchanges with the backbone on a communication stream; standard
+  // top-k MoE and shared-expert layers keep the sequential order.
+  // In a single process without a simulated link the "exchanges" are local copies: nothing to hide,
+  // and handing them to another thread only costs wake-ups, so they run inline.
+  const bool has_link = cfg.comm.simulate_link.bandwidth_gb_s > 0 || cfg.comm.simulate_link.latency_us > 0;
+  const bool overlap = arch == "scmoe" && cfg.comm.overlap && ((comm && comm->world_size() > 1) || has_link);
+  const std::string& slot = cfg.scmoe.expert_slot;
+  auto_slot_ = overlap && slot == "auto";
+  if (overlap) comm_stream_ = make_cpu_stream("comm", true);
+  SimulatedLink local_link{cfg.comm.simulate_link.bandwidth_gb_s, cfg.comm.simulate_link.latency_us};
   for (int l = 0; l < mc_.n_layer; l++) {  // wire routed inputs and their gradients
     Block<T>& b = blocks_[l];
     if (!b.moe) continue;
@@ -83,7 +94,16 @@ GPT<T>::GPT(const Config& cfg, int micro_batch, Communicator* comm)
     } else {
       b.moe_in = b.moe_norm_out;
     }
+    b.moe->dispatcher.stream = comm_stream_.get();
+    if (!comm || comm->world_size() == 1) b.moe->dispatcher.local_link = local_link;
+    BranchTap t;
+    t.block = l, t.norm_of_input = taps_[l].kind == TapKind::norm_of_input, t.src = taps_[l].src;
+    t.overlap = overlap;
+    t.slot = auto_slot_ || !overlap ? 4 : std::stoi(slot);
+    branches_.push_back(t);
   }
+  dmoe_.assign(mc_.n_layer, nullptr);
+  build_plans();
 }
 
 template <class T>
@@ -121,12 +141,7 @@ double GPT<T>::forward(const int32_t* inputs, const int32_t* targets, T grad_sca
   grad_scale_ = grad_scale;
   const T* wte = params_.data() + wte_off_;
   ops::encoder_forward(resid_[0], inputs, wte, params_.data() + wpe_off_, B_, Tn_, C_);
-  for (int l = 0; l < mc_.n_layer; l++) {
-    Block<T>& b = blocks_[l];
-    if (b.moe && taps_[l].kind == TapKind::norm_of_input)
-      b.moe_norm.forward(b.moe_norm_out, resid_[taps_[l].src], N);
-    b.forward(resid_[l + 1], resid_[l], rng);
-  }
+  run_plan(fwd_plan_, fwd_ms_, rng);
   lnf_.forward(lnf_out_, resid_[mc_.n_layer], N);
   ops::matmul_forward(logits_, lnf_out_, wte, (const T*)nullptr, N, C_, V_);
   if (!targets) return 0.0;
@@ -139,23 +154,108 @@ template <class T>
 void GPT<T>::backward() {
   SCMOE_CHECK(grad_scale_ > 0, "backward() needs a forward() with grad_scale > 0");
   int N = B_ * Tn_;
-  // The aux and z losses are per-micro-batch means, so they enter with grad_scale * N (= 1/accum).
-  double loss_scale = double(grad_scale_) * N;
   T* wte = params_.data() + wte_off_;
   T* dwte = grads_.data() + wte_off_;
   T* dlnf = scratch_.dnorm;
   ops::matmul_backward(dlnf, dwte, (T*)nullptr, logits_, lnf_out_, wte, N, C_, V_, false);
   lnf_.backward(dresid_, dlnf, resid_[mc_.n_layer], N, false);
-  for (int l = mc_.n_layer - 1; l >= 0; l--) {
-    blocks_[l].backward_moe(dresid_, scratch_, loss_scale);
-    blocks_[l].backward(dresid_, resid_[l], scratch_);
-    // dresid_ is now dL/d(input of block l): add the routed branches that normalised this input.
-    for (int m = l; m < mc_.n_layer; m++)
-      if (blocks_[m].moe && taps_[m].kind == TapKind::norm_of_input && taps_[m].src == l)
-        blocks_[m].moe_norm.backward(dresid_, blocks_[m].moe->dx, resid_[l], N, true);
-  }
+  run_plan(bwd_plan_, bwd_ms_, nullptr);
   ops::encoder_backward(dwte, grads_.data() + wpe_off_, dresid_, inputs_, B_, Tn_, C_);
   grad_scale_ = 0;  // the dlogits buffer is consumed
+}
+
+template <class T>
+void GPT<T>::run(const Action& a, Rng* rng) {
+  const int N = B_ * Tn_;
+  Block<T>& b = blocks_[a.block];
+  const Tap& tap = taps_[a.block];
+  // The aux and z losses are per-micro-batch means, so they enter with grad_scale * N (= 1/accum).
+  const double loss_scale = double(grad_scale_) * N;
+  switch (a.op) {
+    case Op::attn: b.forward_attn(resid_[a.block]); break;
+    case Op::ffn: b.forward_ffn(); break;
+    case Op::out: b.forward_out(resid_[a.block + 1]); break;
+    case Op::moe_begin:
+      if (tap.kind == TapKind::norm_of_input) b.moe_norm.forward(b.moe_norm_out, resid_[tap.src], N);
+      b.moe->forward_begin(b.moe_in, rng);
+      break;
+    case Op::moe_compute: b.moe->forward_compute(); break;
+    case Op::moe_finish: b.moe->forward_finish(b.moe_out); break;
+    case Op::bw_out: dmoe_[a.block] = b.out_backward(dresid_, scratch_); break;
+    case Op::bw_ffn: b.ffn_backward(scratch_); break;
+    case Op::bw_join: b.join_backward(dresid_, scratch_); break;
+    case Op::bw_attn: b.attn_backward(dresid_, resid_[a.block], scratch_); break;
+    case Op::bw_norm_tap: b.moe_norm.backward(dresid_, b.moe->dx, resid_[tap.src], N, true); break;
+    case Op::bw_moe_begin: b.moe->backward_begin(dmoe_[a.block]); break;
+    case Op::bw_moe_compute: b.moe->backward_compute(); break;
+    case Op::bw_moe_finish: b.moe->backward_finish(loss_scale); break;
+  }
+}
+
+template <class T>
+void GPT<T>::run_plan(const std::vector<Action>& plan, std::vector<double>& ms, Rng* rng) {
+  ms.resize(plan.size(), 0.0);
+  for (size_t i = 0; i < plan.size(); i++) {
+    auto t0 = std::chrono::steady_clock::now();
+    run(plan[i], rng);
+    ms[i] += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  }
+}
+
+template <class T>
+void GPT<T>::build_plans() {
+  fwd_plan_ = forward_plan(mc_.n_layer, branches_);
+  bwd_plan_ = backward_plan(mc_.n_layer, branches_);
+  fwd_ms_.assign(fwd_plan_.size(), 0.0);
+  bwd_ms_.assign(bwd_plan_.size(), 0.0);
+}
+
+template <class T>
+std::vector<typename GPT<T>::CommTiming> GPT<T>::take_comm_timings() {
+  std::vector<CommTiming> out;
+  for (int l = 0; l < mc_.n_layer; l++) {
+    if (!blocks_[l].moe) continue;
+    auto& d = blocks_[l].moe->dispatcher;
+    out.push_back({l, d.comm_ms, d.exposed_ms});
+    d.comm_ms = d.exposed_ms = 0;
+  }
+  return out;
+}
+
+template <class T>
+std::string GPT<T>::tune_slots(int steps_seen) {
+  if (!auto_slot_ || steps_seen != kAutoSlotSteps) return "";
+  // The paper's Eq. 11 on the times measured so far (all with K = 4, where the dispatch overlaps every
+  // unit): pick K minimising |sum_{i<K} comp_i - T_dispatch| + |sum_{i>=K} comp_i - T_combine|.
+  std::string log;
+  for (BranchTap& t : branches_) {
+    if (!t.overlap) continue;
+    const auto& d = blocks_[t.block].moe->dispatcher;
+    double t_dispatch = d.exchange_ms[0], t_combine = d.exchange_ms[1];
+    std::vector<double> comp;
+    size_t b = std::find(fwd_plan_.begin(), fwd_plan_.end(), Action{Op::moe_begin, t.block}) - fwd_plan_.begin();
+    size_t f = std::find(fwd_plan_.begin(), fwd_plan_.end(), Action{Op::moe_finish, t.block}) - fwd_plan_.begin();
+    for (size_t i = b + 1; i < f; i++) {
+      const Op op = fwd_plan_[i].op;
+      if (op == Op::attn || op == Op::ffn) comp.push_back(fwd_ms_[i]);
+      else if (op == Op::out && !comp.empty()) comp.back() += fwd_ms_[i];
+    }
+    int best = 1;
+    double best_cost = 1e300;
+    for (int K = 1; K <= int(comp.size()) + 1; K++) {
+      double before = 0, after = 0;
+      for (int i = 0; i < int(comp.size()); i++) (i < K - 1 ? before : after) += comp[i];
+      double cost = std::fabs(before - t_dispatch) + std::fabs(after - t_combine);
+      if (cost < best_cost) best_cost = cost, best = K;
+    }
+    t.slot = best;
+    char buf[160];
+    std::snprintf(buf, sizeof buf, "%sblock %d: expert slot %d (dispatch %.2f ms, combine %.2f ms over %d steps)",
+                  log.empty() ? "" : "; ", t.block, best, t_dispatch, t_combine, steps_seen);
+    log += buf;
+  }
+  build_plans();
+  return log;
 }
 
 template <class T>

@@ -9,7 +9,9 @@
 
 #include "core/arena.h"
 #include "core/rng.h"
+#include "core/stream.h"
 #include "model/block.h"
+#include "model/schedule.h"
 #include "model/params.h"
 #include "train/config.h"
 
@@ -46,6 +48,22 @@ class GPT {
   // Auxiliary losses (coefficient-weighted router balance + z-loss) of the last forward, summed over
   // MoE layers; they are part of the training objective but not of the reported cross-entropy.
   double aux_loss() const;
+  // With scmoe.expert_slot: auto, picks each branch's slot from the op times of the first
+  // kAutoSlotSteps steps (call after every step); returns a line to log when it did.
+  std::string tune_slots(int steps_seen);
+  static constexpr int kAutoSlotSteps = 3;
+  const std::vector<Action>& forward_schedule() const { return fwd_plan_; }
+  const std::vector<Action>& backward_schedule() const { return bwd_plan_; }
+  const std::vector<BranchTap>& branches() const { return branches_; }
+
+  // Communication time of each MoE layer's exchanges and the part the compute thread waited for,
+  // since the last call (which resets them).
+  struct CommTiming {
+    int layer;
+    double comm_ms, exposed_ms;
+  };
+  std::vector<CommTiming> take_comm_timings();
+
   // (layer index, statistics of its last forward) for every MoE layer.
   std::vector<std::pair<int, const MoeStats*>> moe_stats() const;
 
@@ -67,6 +85,16 @@ class GPT {
   };
   std::vector<Block<T>> blocks_;
   std::vector<Tap> taps_;
+  // The schedule: action lists, their measured times (ms, accumulated), the routed branches.
+  void run(const Action& a, Rng* rng);
+  void run_plan(const std::vector<Action>& plan, std::vector<double>& ms, Rng* rng);
+  void build_plans();
+  std::vector<BranchTap> branches_;
+  std::vector<Action> fwd_plan_, bwd_plan_;
+  std::vector<double> fwd_ms_, bwd_ms_;
+  std::vector<const T*> dmoe_;  // per block: the routed branch's output gradient (bw_out -> bw_begin)
+  std::unique_ptr<Stream> comm_stream_;
+  bool auto_slot_ = false;
   Norm<T> lnf_;
   Arena arena_;
   GradScratch<T> scratch_;

@@ -94,8 +94,12 @@ struct MoE {
     return std::min<int64_t>((int64_t)k * (int64_t)std::ceil(capacity_factor * N_global / E), N_global);
   }
 
-  // y[N,C] = MoE(x). `rng` draws the gate noise in training (nullptr: no noise, e.g. evaluation).
-  void forward(T* y, const T* x_, Rng* rng) {
+  // y[N,C] = MoE(x) in three phases, so the model can compute between them while rows travel:
+  //   begin:   gate, router, plan; rows posted to the experts' ranks ("gate and encode")
+  //   compute: rows received, experts run, outputs posted back (the expert slot)
+  //   finish:  outputs received and combined with the gates into y ("decode")
+  // `rng` draws the gate noise in training (nullptr: no noise, e.g. evaluation).
+  void forward_begin(const T* x_, Rng* rng) {
     x = x_;
     gate.forward(logits, x, N);
     noise_applied = noise && rng;
@@ -103,20 +107,33 @@ struct MoE {
     auto L = ops::router_forward(logits, N, E, k, renormalize, probs, topk_idx, topk_gate, pmean.data(),
                                  route_counts.data());
     reduce_router_stats(L);
-    dispatcher.dispatch(xe, x, topk_idx);
+    dispatcher.dispatch_begin(x, topk_idx);
+  }
+  void forward_compute() {
+    dispatcher.dispatch_finish(xe);
     const auto& off = dispatcher.expert_offsets;
     for (int le = 0; le < El; le++) {
       bind_expert_buffers(le);
       experts[le].forward(ye + off[le] * C, xe + off[le] * C, (int)(off[le + 1] - off[le]));
     }
-    dispatcher.combine(y, ye, topk_gate);
+    dispatcher.combine_begin(ye);
+  }
+  void forward_finish(T* y) {
+    dispatcher.combine_finish(y, topk_gate);
     record_load();
   }
+  void forward(T* y, const T* x_, Rng* rng) {
+    forward_begin(x_, rng);
+    forward_compute();
+    forward_finish(y);
+  }
 
-  // dy: gradient of the output. loss_scale: d(objective)/d(this rank's per-micro-batch loss share),
-  // i.e. grad_scale * N. Overwrites dx (the gradient w.r.t. the input) and accumulates params.
-  void backward(const T* dy, double loss_scale) {
-    dispatcher.combine_backward(dye, dgate, dy, topk_gate);
+  // Backward in the mirrored phases. dy: gradient of the output. loss_scale: d(objective)/d(this
+  // rank's per-micro-batch loss share), i.e. grad_scale * N. finish overwrites dx (the gradient
+  // w.r.t. the input); parameter gradients are accumulated.
+  void backward_begin(const T* dy) { dispatcher.combine_backward_begin(dgate, dy, topk_gate); }
+  void backward_compute() {
+    dispatcher.combine_backward_finish(dye);
     const auto& off = dispatcher.expert_offsets;
     for (int le = 0; le < El; le++) {
       bind_expert_buffers(le);
@@ -125,7 +142,15 @@ struct MoE {
       experts[le].backward(dxe + off[le] * C, dye + off[le] * C, xe + off[le] * C, (int)(off[le + 1] - off[le]),
                            s, false);
     }
-    dispatcher.dispatch_backward(dx, dxe);
+    dispatcher.dispatch_backward_begin(dxe);
+  }
+  void backward(const T* dy, double loss_scale) {
+    backward_begin(dy);
+    backward_compute();
+    backward_finish(loss_scale);
+  }
+  void backward_finish(double loss_scale) {
+    dispatcher.dispatch_backward_finish(dx);
     // The kernel normalises by the local N; the losses are means over N_global tokens with global
     // counts, hence the extra N / N_global factors (both 1 in a single process).
     const double f = double(N) / double(N_global);
@@ -172,7 +197,7 @@ struct MoE {
     std::vector<double> buf(2 * E + 1);
     for (int e = 0; e < E; e++) buf[e] = double(route_counts[e]), buf[E + e] = pmean[e] * N;
     buf[2 * E] = L.z * N;
-    comm->all_reduce_sum(buf.data(), buf.size(), DType::f64, nullptr);
+    dispatcher.run_blocking([&] { comm->all_reduce_sum(buf.data(), buf.size(), DType::f64, nullptr); });
     double aux = 0;
     for (int e = 0; e < E; e++) {
       route_counts[e] = (int64_t)std::llround(buf[e]);

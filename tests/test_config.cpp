@@ -32,7 +32,7 @@ namespace {
   X(train.grad_accum) X(train.global_batch_tokens) X(train.seed) X(train.device) X(train.precision)   \
   X(train.dtype) X(train.out_dir) X(train.log_every) X(train.eval_every) X(train.eval_batches)         \
   X(train.threads) X(data.train) X(data.val) X(data.shuffle) X(checkpoint.every) X(checkpoint.keep)   \
-  X(comm.timeout_s) X(comm.simulate_link.bandwidth_gb_s) X(comm.simulate_link.latency_us)
+  X(comm.timeout_s) X(comm.overlap) X(comm.simulate_link.bandwidth_gb_s) X(comm.simulate_link.latency_us)
 // clang-format on
 
 int num_fields() {
@@ -316,6 +316,7 @@ Config unusual_config() {
   c.data = {"*.bin", "null", false};
   c.checkpoint = {0, 1};
   c.comm.timeout_s = 7.5;
+  c.comm.overlap = false;
   c.comm.simulate_link = {12.5, 0.1};
   return c;
 }
@@ -333,7 +334,7 @@ void test_round_trip() {
   CHECK(config_to_yaml(back) == yaml);
   CHECK(differences(parse_config_text(config_to_yaml(Config{}), "defaults"), Config{}, true) == 0);
   // Every key is printed, nested, with doubles that look like doubles.
-  CHECK(yaml.find("comm:\n  timeout_s: 7.5\n  simulate_link:\n    bandwidth_gb_s: 12.5\n    latency_us: 0.1\n") !=
+  CHECK(yaml.find("comm:\n  timeout_s: 7.5\n  overlap: false\n  simulate_link:\n    bandwidth_gb_s: 12.5\n    latency_us: 0.1\n") !=
         std::string::npos);
   CHECK(config_to_yaml(Config{}).find("  capacity_factor: 2.0\n") != std::string::npos);
   CHECK(config_to_yaml(Config{}).find("  eps: 1.0e-08\n") != std::string::npos);

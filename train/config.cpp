@@ -120,6 +120,8 @@ const Key kKeys[] = {
     KEY(checkpoint.every, at_least(0), "checkpoint every N steps; 0: only at the end and on signals"),
     KEY(checkpoint.keep, at_least(1), "keep the last K checkpoints"),
     KEY(comm.timeout_s, above(0), "seconds before a rendezvous or collective with a missing peer fails"),
+    KEY(comm.overlap, any(),
+        "scmoe: overlap the All-to-Alls with the backbone on a communication stream; false: strictly sequential"),
     KEY(comm.simulate_link.bandwidth_gb_s, at_least(0),
         "delay each All-to-All as a link of this many GB/s would; 0: no simulated link"),
     KEY(comm.simulate_link.latency_us, at_least(0),

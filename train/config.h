@@ -84,6 +84,7 @@ struct SimulateLinkConfig {
 
 struct CommConfig {
   double timeout_s = 300.0;     // rendezvous and collective timeout (a dead peer becomes an error)
+  bool overlap = true;          // ScMoE: run All-to-Alls on a communication stream, overlapped
   SimulateLinkConfig simulate_link;
 };
 

@@ -68,6 +68,8 @@ class Trainer {
   void reduce_gradients();
   double reduce_mean(double local);  // mean over ranks
   bool any_rank(bool flag);
+  std::string comm_fields(std::vector<std::pair<std::string, double>>& fields);
+  int64_t first_step_ = 0;
 
   Config cfg_;
   RunOptions opt_;
@@ -171,6 +173,7 @@ double Trainer<T>::evaluate() {
     val_data_->next_batch(cfg_.train.batch_size, rank_, world_, inputs_.data(), targets_.data());
     sum += model_->forward(inputs_.data(), targets_.data(), T(0));
   }
+  model_->take_comm_timings();  // evaluation's exchanges are not part of the next step's figures
   return reduce_mean(sum / cfg_.train.eval_batches);
 }
 
@@ -272,6 +275,30 @@ double Trainer<T>::reduce_mean(double local) {
   return local / world_;
 }
 
+// comm_ms, exposed_comm_ms and overlap (this rank's MoE exchanges in the last step, summed over layers,
+// plus per layer); returns the step line's suffix.
+template <class T>
+std::string Trainer<T>::comm_fields(std::vector<std::pair<std::string, double>>& fields) {
+  auto timings = model_->take_comm_timings();
+  if (timings.empty()) return "";
+  double comm = 0, exposed = 0;
+  for (const auto& t : timings) {
+    std::string p = "moe" + std::to_string(t.layer) + "_";
+    fields.push_back({p + "comm_ms", t.comm_ms});
+    fields.push_back({p + "exposed_comm_ms", t.exposed_ms});
+    comm += t.comm_ms, exposed += t.exposed_ms;
+  }
+  double overlap = comm > 0 ? std::max(0.0, 1.0 - exposed / comm) : 0.0;
+  fields.push_back({"comm_ms", comm});
+  fields.push_back({"exposed_comm_ms", exposed});
+  fields.push_back({"overlap", overlap});
+  const auto& link = cfg_.comm.simulate_link;
+  char buf[128];
+  std::snprintf(buf, sizeof buf, " | comm %.1f ms exposed %.1f overlap %.2f%s", comm, exposed, overlap,
+                link.bandwidth_gb_s > 0 || link.latency_us > 0 ? " (simulated link)" : "");
+  return buf;
+}
+
 template <class T>
 bool Trainer<T>::any_rank(bool flag) {
   if (!comm_) return flag;
@@ -293,6 +320,7 @@ int Trainer<T>::run() {
     return 0;
   }
   if (!resume_dir.empty()) resume_from(resume_dir);
+  first_step_ = state_.step;
 
   fs::create_directories(cfg_.train.out_dir);
   if (rank_ == 0) write_text_file((fs::path(cfg_.train.out_dir) / "config.yaml").string(), config_to_yaml(cfg_));
@@ -315,11 +343,15 @@ int Trainer<T>::run() {
     std::vector<std::pair<std::string, double>> fields = {
         {"loss", last_loss_}, {"lr", last_lr_}, {"grad_norm", last_norm_}, {"tokens_per_s", tok_s}, {"step_ms", ms}};
     for (auto& f : moe_stats_.fields()) fields.push_back(f);
+    std::string comm_summary = comm_fields(fields);
     metrics_->write(state_.step, fields);
+    std::string tuned = model_->tune_slots(int(state_.step - first_step_));
+    if (!tuned.empty()) log_info("expert_slot auto: %s", tuned.c_str());
     if (tc.log_every > 0 && (state_.step % tc.log_every == 0 || state_.step == tc.max_steps))
       log_info("step %5lld/%d | loss %.4f | lr %.2e | grad_norm %.3f | %.1f ms | %.0f tok/s | eta %s%s",
                (long long)state_.step, tc.max_steps, last_loss_, last_lr_, last_norm_, ms, tok_s,
-               format_eta((tc.max_steps - state_.step) * ema_ms / 1000.0).c_str(), moe_stats_.summary().c_str());
+               format_eta((tc.max_steps - state_.step) * ema_ms / 1000.0).c_str(),
+               (moe_stats_.summary() + comm_summary).c_str());
     bool last = state_.step == tc.max_steps;
     if ((tc.eval_every > 0 && state_.step % tc.eval_every == 0) || last) {
       double vl = evaluate();
