@@ -91,23 +91,35 @@ void test_all_to_all(Communicator& c) {
 // q to p holds q * 10000 + p * 100 + j.
 size_t split(int from, int to) { return static_cast<size_t>((from + to) % 3); }
 
-void test_all_to_all_v_packed(Communicator& c) {
-  const int w = c.world_size(), r = c.rank();
-  std::vector<size_t> sc, rc;
-  for (int p = 0; p < w; ++p) {
-    sc.push_back(split(r, p));
-    rc.push_back(split(p, r));
+// The packed uneven exchange above, as buffers this rank sends and the check of what it received.
+struct PackedSplits {
+  int w, r;
+  std::vector<size_t> sc, rc, so, ro;
+  std::vector<int64_t> send, recv;
+  PackedSplits(int w_, int r_) : w(w_), r(r_) {
+    for (int p = 0; p < w; ++p) {
+      sc.push_back(split(r, p));
+      rc.push_back(split(p, r));
+    }
+    so = prefix_offsets(sc), ro = prefix_offsets(rc);
+    send.assign(sum(sc), 0), recv.assign(sum(rc), -1);
+    for (int p = 0; p < w; ++p)
+      for (size_t j = 0; j < sc[p]; ++j) send[so[p] + j] = r * 10000 + p * 100 + static_cast<int64_t>(j);
   }
-  auto so = prefix_offsets(sc), ro = prefix_offsets(rc);
-  std::vector<int64_t> send(sum(sc)), recv(sum(rc), -1);
-  for (int p = 0; p < w; ++p)
-    for (size_t j = 0; j < sc[p]; ++j) send[so[p] + j] = r * 10000 + p * 100 + static_cast<int64_t>(j);
-  c.all_to_all_v(send.data(), sc, so, recv.data(), rc, ro, DType::i64, nullptr);
-  bool ok = true;
-  for (int q = 0; q < w; ++q)
-    for (size_t j = 0; j < rc[q]; ++j)
-      ok = ok && recv[ro[q] + j] == q * 10000 + r * 100 + static_cast<int64_t>(j);
-  CHECK(ok);
+  void run(Communicator& c, scmoe::Stream* s) { c.all_to_all_v(send.data(), sc, so, recv.data(), rc, ro, DType::i64, s); }
+  bool received_right() const {
+    bool ok = true;
+    for (int q = 0; q < w; ++q)
+      for (size_t j = 0; j < rc[q]; ++j)
+        ok = ok && recv[ro[q] + j] == q * 10000 + r * 100 + static_cast<int64_t>(j);
+    return ok;
+  }
+};
+
+void test_all_to_all_v_packed(Communicator& c) {
+  PackedSplits x(c.world_size(), c.rank());
+  x.run(c, nullptr);
+  CHECK(x.received_right());
 }
 
 // Splits in reverse rank order with gaps between them: the gaps must come back untouched.
@@ -190,27 +202,15 @@ void test_on_worker_stream(Communicator& c) {
   c.all_reduce_sum(x.data(), x.size(), DType::f32, stream.get());
   // Stream order: the gather sees the reduced value.
   c.all_gather(x.data(), gathered.data(), 1, DType::f32, stream.get());
-  std::vector<size_t> sc, rc;
-  for (int p = 0; p < w; ++p) {
-    sc.push_back(split(r, p));
-    rc.push_back(split(p, r));
-  }
-  auto so = prefix_offsets(sc), ro = prefix_offsets(rc);
-  std::vector<int64_t> send(sum(sc)), recv(sum(rc), -1);
-  for (int p = 0; p < w; ++p)
-    for (size_t j = 0; j < sc[p]; ++j) send[so[p] + j] = r * 10000 + p * 100 + static_cast<int64_t>(j);
-  c.all_to_all_v(send.data(), sc, so, recv.data(), rc, ro, DType::i64, stream.get());
+  PackedSplits v(w, r);
+  v.run(c, stream.get());
   c.barrier(stream.get());
   stream->synchronize();
 
   const float total = static_cast<float>(w * (w + 1) / 2);
   CHECK(x.front() == total && x.back() == total);
   CHECK(gathered == std::vector<float>(static_cast<size_t>(w), total));
-  bool ok = true;
-  for (int q = 0; q < w; ++q)
-    for (size_t j = 0; j < rc[q]; ++j)
-      ok = ok && recv[ro[q] + j] == q * 10000 + r * 100 + static_cast<int64_t>(j);
-  CHECK(ok);
+  CHECK(v.received_right());
 }
 
 // A 50 MB/s link with 30 ms latency: each all_to_all(_v) takes at least latency + bytes / bandwidth.

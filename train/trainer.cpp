@@ -69,7 +69,6 @@ class Trainer {
   double reduce_mean(double local);  // mean over ranks
   bool any_rank(bool flag);
   std::string comm_fields(std::vector<std::pair<std::string, double>>& fields);
-  int64_t first_step_ = 0;
 
   Config cfg_;
   RunOptions opt_;
@@ -85,6 +84,7 @@ class Trainer {
   Rng rng_;
   std::string ckpt_root_;
   double last_loss_ = 0, last_norm_ = 0, last_lr_ = 0;
+  int64_t first_step_ = 0;  // the step this process started (or resumed) at
   MoeStepStats moe_stats_;
 };
 
@@ -92,9 +92,11 @@ template <class T>
 void Trainer<T>::setup() {
   std::string notice;
   Device dev = select_device(cfg_.train.device, &notice);
+  SCMOE_CHECK(dev == Device::cpu || cfg_.train.device == "auto",
+              "train.device: cuda: " << notice << ", but the CUDA training kernels are not written yet; "
+                                     "use train.device=cpu (or auto)");
+  if (dev == Device::cuda) notice += ", but the CUDA training kernels are not written yet: using cpu";
   log_info("%s", notice.c_str());
-  SCMOE_CHECK(dev == Device::cpu, "train.device resolved to cuda, but the CUDA training kernels are not built "
-                                  "yet; set train.device=cpu");
   if (cfg_.train.threads > 0) omp_set_num_threads(cfg_.train.threads);
   env_ = read_process_group_env();
   rank_ = env_.rank, world_ = env_.world_size;
