@@ -24,13 +24,14 @@
 
 #include "comm/communicator.h"
 #include "core/arena.h"
+#include "core/trace.h"
 #include "kernels/ops.h"
 
 namespace scmoe {
 
 template <class T>
 struct Dispatcher {
-  int N = 0, k = 1, C = 0, E = 0, W = 1, rank = 0, El = 0;
+  int N = 0, k = 1, C = 0, E = 0, W = 1, rank = 0, El = 0, layer = 0;
   int64_t capacity = 0;
   bool fixed = false;            // fixed-capacity layout (see above)
   Communicator* comm = nullptr;  // null or world 1: local copies
@@ -158,10 +159,12 @@ struct Dispatcher {
   // Posts an exchange on the communication stream (or runs it now) and times it.
   void post(const T* src, T* dst, bool forward, int kind) {
     auto task = [this, src, dst, forward, kind] {
-      auto t0 = std::chrono::steady_clock::now();
+      static const char* names[] = {"dispatch", "combine", "combine grad", "dispatch grad"};
+      const double t0 = Tracer::now_us();
       exchange_rows(src, dst, forward);
-      double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-      comm_ms += ms, exchange_ms[kind] += ms;
+      const double t1 = Tracer::now_us();
+      Tracer::get().add(std::string(names[kind]) + " L" + std::to_string(layer), stream ? 1 : 0, t0, t1);
+      comm_ms += (t1 - t0) / 1000, exchange_ms[kind] += (t1 - t0) / 1000;
     };
     if (!stream) {
       auto t0 = std::chrono::steady_clock::now();
@@ -176,10 +179,12 @@ struct Dispatcher {
   // Blocks the compute thread until the posted exchange is done; the time blocked is exposed comm.
   void wait() {
     if (!stream) return;
-    auto t0 = std::chrono::steady_clock::now();
+    const double t0 = Tracer::now_us();
     spin_until_done();
     stream->synchronize();  // rethrows an exchange's error here, on the compute thread
-    exposed_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    const double t1 = Tracer::now_us();
+    if (t1 - t0 > 1) Tracer::get().add("wait L" + std::to_string(layer), 0, t0, t1);
+    exposed_ms += (t1 - t0) / 1000;
   }
   std::unique_ptr<Event> event;
   // Yield-spin rather than sleep: a sleeping compute thread wakes up behind OpenMP's spinning pool

@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "core/rng.h"
+#include "core/trace.h"
 #include "kernels/ops.h"
 
 namespace scmoe {
@@ -195,10 +196,13 @@ void GPT<T>::run(const Action& a, Rng* rng) {
 template <class T>
 void GPT<T>::run_plan(const std::vector<Action>& plan, std::vector<double>& ms, Rng* rng) {
   ms.resize(plan.size(), 0.0);
+  Tracer& tracer = Tracer::get();
   for (size_t i = 0; i < plan.size(); i++) {
-    auto t0 = std::chrono::steady_clock::now();
+    const double t0 = Tracer::now_us();
     run(plan[i], rng);
-    ms[i] += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    const double t1 = Tracer::now_us();
+    ms[i] += (t1 - t0) / 1000;
+    if (tracer.on()) tracer.add(describe({plan[i]}), 0, t0, t1);
   }
 }
 

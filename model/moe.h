@@ -66,6 +66,7 @@ struct MoE {
     for (int le = 0; le < El; le++)
       experts[le].setup(pt, name + ".experts." + std::to_string(first_expert + le), C, F, mc.init_std, proj_std);
     dispatcher.setup(E, k, C, c);
+    dispatcher.layer = layer_index;
     route_counts.assign(E, 0), pmean.assign(E, 0);
   }
   void bind(T* p, T* g) {

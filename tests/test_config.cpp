@@ -31,7 +31,7 @@ namespace {
   X(optim.schedule) X(optim.decay_steps) X(optim.min_lr) X(train.max_steps) X(train.batch_size)       \
   X(train.grad_accum) X(train.global_batch_tokens) X(train.seed) X(train.device) X(train.precision)   \
   X(train.dtype) X(train.out_dir) X(train.log_every) X(train.eval_every) X(train.eval_batches)         \
-  X(train.threads) X(data.train) X(data.val) X(data.shuffle) X(checkpoint.every) X(checkpoint.keep)   \
+  X(train.threads) X(train.trace_step) X(data.train) X(data.val) X(data.shuffle) X(checkpoint.every) X(checkpoint.keep)   \
   X(comm.timeout_s) X(comm.overlap) X(comm.simulate_link.bandwidth_gb_s) X(comm.simulate_link.latency_us)
 // clang-format on
 
@@ -313,6 +313,7 @@ Config unusual_config() {
   c.train.eval_every = 0;
   c.train.eval_batches = 1;
   c.train.threads = 3;
+  c.train.trace_step = 4;
   c.data = {"*.bin", "null", false};
   c.checkpoint = {0, 1};
   c.comm.timeout_s = 7.5;

@@ -5,3 +5,5 @@ foreach(case learns resume_dense resume_scmoe resume_moe eval_only nan_stops sig
            COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/train_tests.sh $<TARGET_FILE:train> ${CMAKE_SOURCE_DIR} ${case})
   set_tests_properties(train_${case} PROPERTIES LABELS "unit;e2e" TIMEOUT 600 WORKING_DIRECTORY ${CMAKE_CURRENT_BINARY_DIR})
 endforeach()
+# Overlap is a property of scheduling: measure it with the machine to itself.
+set_tests_properties(train_overlap_measured PROPERTIES RUN_SERIAL TRUE)

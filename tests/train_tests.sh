@@ -163,8 +163,9 @@ PY
 overlap_measured)
   # With a simulated link whose All-to-All time is below the overlap window, ScMoE Pos-2 hides >= 90%.
   "$TRAIN" "${TINY[@]}" --set model.arch=scmoe --set scmoe.position=2 --set moe.num_experts=4 --set model.n_layer=4 \
-    --set model.d_model=128 --set model.d_ff=512 --set train.max_steps=10 --set train.eval_every=0 \
-    --set scmoe.expert_slot=auto --set comm.simulate_link.bandwidth_gb_s=4 --set train.out_dir=run >log.txt 2>&1 ||
+    --set model.d_model=128 --set model.d_ff=1024 --set train.max_steps=14 --set train.eval_every=0 \
+    --set scmoe.expert_slot=auto --set comm.simulate_link.bandwidth_gb_s=4 --set train.trace_step=8 \
+    --set train.out_dir=run >log.txt 2>&1 ||
     { cat log.txt; fail "training failed"; }
   python3 - run/metrics.jsonl <<'PY' || fail "overlap below 0.9"
 import json, sys
@@ -173,6 +174,16 @@ comm = sum(r["comm_ms"] for r in recs); exposed = sum(r["exposed_comm_ms"] for r
 ov = 1 - exposed / comm
 print(f"steps {recs[0]['step']}-{recs[-1]['step']}: comm {comm:.1f} ms, exposed {exposed:.2f} ms, overlap {ov:.3f} (simulated link 4 GB/s)")
 sys.exit(0 if ov >= 0.9 else 1)
+PY
+  # The Chrome trace of step 8: exchanges on the communication track, backbone stages on the compute one.
+  python3 - run/trace-rank0.json <<'PY' || fail "trace missing or malformed"
+import json, sys
+ev = [e for e in json.load(open(sys.argv[1]))["traceEvents"] if e["ph"] == "X"]
+comm = [e["name"] for e in ev if e["tid"] == 1]
+comp = [e["name"] for e in ev if e["tid"] == 0]
+assert {"dispatch L1", "combine L1", "combine grad L1", "dispatch grad L1"} <= set(comm), comm
+assert "attn1" in comp and "compute1" in comp and "bw_compute1" in comp, comp
+print(f"trace: {len(comm)} exchanges on the communication track, {len(comp)} events on the compute track")
 PY
   ;;
 *)

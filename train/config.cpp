@@ -114,6 +114,8 @@ const Key kKeys[] = {
     KEY(train.eval_every, at_least(0), "validate every N steps; 0: only at the end"),
     KEY(train.eval_batches, at_least(1), "validation batches per evaluation"),
     KEY(train.threads, at_least(0), "OpenMP threads; 0: the library's default"),
+    KEY(train.trace_step, at_least(0),
+        "write a Chrome trace (one track per stream and rank) of this step to out_dir/trace-rankR.json; 0: off"),
     KEY(data.train, non_empty(), "glob of the training token shards"),
     KEY(data.val, non_empty(), "glob of the validation token shards"),
     KEY(data.shuffle, any(), "shuffle the order of training windows each epoch (seeded)"),

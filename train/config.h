@@ -64,6 +64,7 @@ struct TrainConfig {
   int eval_every = 100;         // 0: only at the end
   int eval_batches = 8;
   int threads = 0;              // OpenMP threads; 0: library default
+  int trace_step = 0;           // write a Chrome trace of this step to out_dir/trace-rankR.json; 0: off
 };
 
 struct DataConfig {

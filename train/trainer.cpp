@@ -14,6 +14,7 @@
 #include "core/device.h"
 #include "core/log.h"
 #include "core/rng.h"
+#include "core/trace.h"
 #include "data/loader.h"
 #include "model/gpt.h"
 #include "optim/adamw.h"
@@ -333,6 +334,8 @@ int Trainer<T>::run() {
   double ema_ms = 0;
   while (state_.step < tc.max_steps) {
     double t0 = now_ms();
+    const bool tracing = tc.trace_step > 0 && state_.step + 1 == tc.trace_step;
+    if (tracing) Tracer::get().start();
     if (!train_step()) {
       std::fprintf(stderr, "error: loss is %f at step %lld; stopping. The last checkpoint (if any) in %s is intact; "
                    "lower optim.lr or check the data.\n", last_loss_, (long long)state_.step + 1, ckpt_root_.c_str());
@@ -340,6 +343,12 @@ int Trainer<T>::run() {
       return 1;
     }
     double ms = now_ms() - t0;
+    if (tracing) {
+      std::string path = (fs::path(tc.out_dir) / ("trace-rank" + std::to_string(rank_) + ".json")).string();
+      Tracer::get().write(path, rank_);
+      log_info("trace of step %lld written to %s (open in ui.perfetto.dev or chrome://tracing)",
+               (long long)state_.step, path.c_str());
+    }
     ema_ms = ema_ms == 0 ? ms : 0.9 * ema_ms + 0.1 * ms;
     double tok_s = step_tokens / (ms / 1000.0);
     std::vector<std::pair<std::string, double>> fields = {
