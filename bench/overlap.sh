@@ -21,7 +21,8 @@ for bw in "${BWS[@]}"; do
     dir=$OUT/${cfg}_bw$bw
     echo "== $cfg, simulated link $bw GB/s" >&2
     train/launch --nproc-per-node 2 --master-port 0 -- build/train --config configs/$cfg.yaml \
-      --set train.batch_size=8 --set train.threads=1 --set train.max_steps="$STEPS" --set train.eval_every=0 \
+      --set train.batch_size=8 --set train.threads=1 --set train.max_steps="$STEPS" --set train.eval_every=8 \
+      --set train.eval_batches=4 \
       --set checkpoint.every=0 --set train.log_every=1000 --set scmoe.expert_slot=auto \
       --set comm.simulate_link.bandwidth_gb_s="$bw" --set comm.simulate_link.latency_us=50 \
       --set train.out_dir="$dir" >"$dir.log" 2>&1 || { tail -20 "$dir.log"; exit 1; }
@@ -32,15 +33,17 @@ import json, os, statistics, subprocess, sys
 out, bws = sys.argv[1], sys.argv[2:]
 def stats(d):
     recs = [json.loads(l) for l in open(os.path.join(d, "metrics.jsonl"))]
+    evals = [r["eval_forward_ms"] for r in recs if "eval_forward_ms" in r]  # steps 8 and 16: after the auto slot choice
     recs = [r for r in recs if "step_ms" in r][6:]
     med = lambda k: statistics.median(r.get(k, 0.0) for r in recs)
-    return {"step": med("step_ms"), "comm": med("comm_ms"), "exposed": med("exposed_comm_ms"), "overlap": med("overlap")}
+    return {"step": med("step_ms"), "comm": med("comm_ms"), "exposed": med("exposed_comm_ms"), "overlap": med("overlap"),
+            "fwd": statistics.median(evals)}
 names = {"ts_scmoe_pos2": "ScMoE Pos-2 (overlapped)", "ts_moe_top2": "top-2 MoE", "ts_moe_top1": "top-1 MoE",
          "ts_shared_expert": "shared expert + top-1"}
 cpu = subprocess.run("lscpu | sed -n 's/^Model name:\\s*//p'", shell=True, capture_output=True, text=True).stdout.strip()
 lines = [f"Machine: {cpu}, 2 cores; 2 ranks (Gloo over loopback), 1 thread each; links SIMULATED.", "",
-         "| link (GB/s) | config | step ms | speed-up vs top-2 | comm ms | exposed ms | overlap | top-2 comm share |",
-         "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+         "| link (GB/s) | config | train step ms | train speed-up vs top-2 | forward ms | inference speed-up vs top-2 | comm ms | exposed ms | overlap | top-2 comm share |",
+         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
 plot = {}
 for bw in bws:
     s = {c: stats(os.path.join(out, f"{c}_bw{bw}")) for c in names}
@@ -48,8 +51,8 @@ for bw in bws:
     share = base["comm"] / base["step"]
     for c, label in names.items():
         r = s[c]
-        lines.append(f"| {bw} | {label} | {r['step']:.1f} | {base['step'] / r['step']:.2f}x | {r['comm']:.1f} | "
-                     f"{r['exposed']:.1f} | {r['overlap']:.2f} | {share:.0%} |")
+        lines.append(f"| {bw} | {label} | {r['step']:.1f} | {base['step'] / r['step']:.2f}x | {r['fwd']:.1f} | "
+                     f"{base['fwd'] / r['fwd']:.2f}x | {r['comm']:.1f} | {r['exposed']:.1f} | {r['overlap']:.2f} | {share:.0%} |")
         plot.setdefault(c, []).append((share, base["step"] / r["step"]))
 print("\n".join(lines))
 os.makedirs("docs", exist_ok=True)

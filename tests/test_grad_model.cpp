@@ -1,6 +1,8 @@
 // The whole model's gradient against central finite differences in float64, for every architecture
 // (dense, moe, shared_expert, ScMoE Pos-1/2/3 with each combine, ScMoE-2, with and without drops).
 // The objective is cross-entropy + the coefficient-weighted aux and z losses.
+#include <omp.h>
+
 #include <cstdio>
 
 #include "core/rng.h"
@@ -56,6 +58,9 @@ static void check_arch(const char* label, std::vector<std::string> sets) {
 }
 
 int main() {
+  // Thousands of forward passes on tiny tensors: threads would only add fork/join overhead (10x under
+  // the sanitizers). Thread-count independence is tested in test_moe_dispatch.
+  omp_set_num_threads(1);
   check_arch("dense", {"model.arch=dense"});
   check_arch("dense rmsnorm", {"model.arch=dense", "model.norm=rmsnorm"});
   check_arch("moe top-2", {"model.arch=moe", "moe.top_k=2"});

@@ -86,6 +86,7 @@ class Trainer {
   std::string ckpt_root_;
   double last_loss_ = 0, last_norm_ = 0, last_lr_ = 0;
   int64_t first_step_ = 0;  // the step this process started (or resumed) at
+  double last_eval_ms_ = 0;
   MoeStepStats moe_stats_;
 };
 
@@ -171,11 +172,14 @@ void Trainer<T>::resume_from(const std::string& dir) {
 template <class T>
 double Trainer<T>::evaluate() {
   val_data_->reset();
-  double sum = 0;
+  double sum = 0, forward_ms = 0;
   for (int i = 0; i < cfg_.train.eval_batches; i++) {
     val_data_->next_batch(cfg_.train.batch_size, rank_, world_, inputs_.data(), targets_.data());
+    double t0 = now_ms();
     sum += model_->forward(inputs_.data(), targets_.data(), T(0));
+    forward_ms += now_ms() - t0;
   }
+  last_eval_ms_ = forward_ms / cfg_.train.eval_batches;  // a forward-only (inference) pass per batch
   model_->take_comm_timings();  // evaluation's exchanges are not part of the next step's figures
   return reduce_mean(sum / cfg_.train.eval_batches);
 }
@@ -366,7 +370,7 @@ int Trainer<T>::run() {
     bool last = state_.step == tc.max_steps;
     if ((tc.eval_every > 0 && state_.step % tc.eval_every == 0) || last) {
       double vl = evaluate();
-      metrics_->write(state_.step, {{"val_loss", vl}});
+      metrics_->write(state_.step, {{"val_loss", vl}, {"eval_forward_ms", last_eval_ms_}});
       log_info("step %5lld/%d | val_loss %.4f", (long long)state_.step, tc.max_steps, vl);
     }
     if ((cfg_.checkpoint.every > 0 && state_.step % cfg_.checkpoint.every == 0) || last) save_checkpoint();
