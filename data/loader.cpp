@@ -12,6 +12,7 @@
 #include <numeric>
 
 #include "core/check.h"
+#include "core/rng.h"
 
 namespace scmoe {
 
@@ -19,14 +20,8 @@ namespace {
 
 constexpr size_t kHeaderBytes = kShardHeaderInts * sizeof(int32_t);
 
-// splitmix64: a tiny, well-mixed generator whose output is the same on every platform and compiler
-// (std::shuffle and the std distributions are not), so a seed means the same data order everywhere.
-uint64_t splitmix64(uint64_t& state) {
-  uint64_t z = (state += 0x9E3779B97F4A7C15ull);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
+// splitmix64 (core/rng.h) rather than std::shuffle and the std distributions, whose output differs
+// between standard libraries: a seed means the same data order everywhere.
 
 // Uniform integer in [0, bound) by rejection, so no value is favoured (plain modulo would be biased).
 uint64_t uniform_below(uint64_t& state, uint64_t bound) {
