@@ -40,4 +40,10 @@ class Stream {
 std::unique_ptr<Stream> make_cpu_stream(const std::string& name, bool worker_thread);
 std::unique_ptr<Event> make_cpu_event();
 
+#ifdef SCMOE_HAVE_CUDA
+// CUDA streams (non-blocking) and events (core/stream_cuda.cu); throw scmoe::Error without a device.
+std::unique_ptr<Stream> make_cuda_stream(const std::string& name);
+std::unique_ptr<Event> make_cuda_event();
+#endif
+
 }  // namespace scmoe
