@@ -37,6 +37,7 @@ using cpu::RouterLosses;
 using cpu::router_backward;
 using cpu::router_forward;
 using cpu::admit_rows;
+using cpu::admit_rows_fixed;
 using cpu::dispatch_plan;
 using cpu::fixed_capacity_slots;
 using cpu::gather_rows;

@@ -11,7 +11,9 @@
 //   fixed capacity: every (source, expert) pair owns `capacity` rows (padded), so every exchange has a
 //              size known in advance (no host synchronisation on a GPU). A source sends only its first
 //              `capacity` rows per expert: the global admission order visits a source's rows in that
-//              same order, so no row that could be admitted is left behind.
+//              same order, so no row that could be admitted is left behind. The slots can be cut into
+//              P chunks (moe.pipeline_degree, Tutel-style pipelining): chunk c's experts run while
+//              chunk c+1 travels and chunk c-1's outputs travel back.
 // Each exchange is split into begin (post it on the communication stream) and finish (wait for it), so
 // the model can compute in between: that is the ScMoE overlap. Without a communication stream every
 // exchange runs inline (strictly sequential); results are bit-identical either way.
@@ -34,6 +36,8 @@ struct Dispatcher {
   int N = 0, k = 1, C = 0, E = 0, W = 1, rank = 0, El = 0, layer = 0;
   int64_t capacity = 0;
   bool fixed = false;            // fixed-capacity layout (see above)
+  int P = 1;                     // chunks (fixed layout only)
+  int64_t chunk_rows = 0;        // slot rows per chunk (fixed layout)
   Communicator* comm = nullptr;  // null or world 1: local copies
   Stream* stream = nullptr;      // communication stream; null: exchanges run inline
   SimulatedLink local_link;      // single process: delay local "exchanges" as this link would
@@ -43,8 +47,9 @@ struct Dispatcher {
 
   // plan (saved for backward)
   int32_t *send_pos = nullptr, *expert_row = nullptr;
-  std::vector<int64_t> send_bucket, recv_bucket, expert_counts, expert_offsets;
-  std::vector<size_t> send_rows, recv_rows, send_off, recv_off;  // per peer, in rows
+  std::vector<int64_t> send_bucket, recv_bucket;
+  std::vector<int64_t> seg_counts, seg_offsets;  // expert buffer segments: chunk c, local expert le at c*El+le
+  std::vector<size_t> send_rows, recv_rows, send_off, recv_off;  // per peer, in rows (packed layout)
   int64_t recv_total = 0, dropped = 0;
   // row buffers: send order (source side) and receive order (expert side)
   T *xs = nullptr, *xr = nullptr, *yr = nullptr, *ys = nullptr;
@@ -55,66 +60,79 @@ struct Dispatcher {
     rank = c ? c->rank() : 0;
     El = E / W;
     send_bucket.assign((size_t)E * k, 0), recv_bucket.assign((size_t)W * El * k, 0);
-    expert_counts.assign(El, 0), expert_offsets.assign(El + 1, 0);
   }
-  // capacity_ and fixed_ are fixed for the run: they size the buffers.
-  void alloc(Arena& a, int N_, int64_t capacity_, bool fixed_) {
-    N = N_, capacity = capacity_, fixed = fixed_;
+  // capacity_, fixed_ and the chunk count are fixed for the run: they size the buffers.
+  void alloc(Arena& a, int N_, int64_t capacity_, bool fixed_, int chunks) {
+    N = N_, capacity = capacity_, fixed = fixed_, P = fixed ? chunks : 1;
+    chunk_rows = fixed ? std::max<int64_t>(1, (capacity + P - 1) / P) : 0;
+    seg_counts.assign((size_t)P * El, 0), seg_offsets.assign((size_t)P * El + 1, 0);
     size_t local = (size_t)N * k, worst = local * W;  // packed: every rank may send every row here
-    if (fixed) local = std::max(local, (size_t)E * capacity), worst = std::max(worst, (size_t)E * capacity);
-    send_pos = a.alloc<int32_t>(local);
+    if (fixed) local = worst = (size_t)P * E * chunk_rows;
+    send_pos = a.alloc<int32_t>((size_t)N * k);
     expert_row = a.alloc<int32_t>(worst);
     xs = a.alloc<T>(local * C), ys = a.alloc<T>(local * C);
     xr = a.alloc<T>(worst * C), yr = a.alloc<T>(worst * C);
   }
-
   void reset_timers() {
     comm_ms = exposed_ms = 0;
     for (double& e : exchange_ms) e = 0;
   }
+  // Rows of the expert buffer a chunk's local expert owns: [begin, end).
+  int64_t seg_begin(int c, int le) const { return seg_offsets[(size_t)c * El + le]; }
+  int64_t seg_end(int c, int le) const { return seg_offsets[(size_t)c * El + le + 1]; }
+  int64_t expert_rows(int le) const {
+    int64_t n = 0;
+    for (int c = 0; c < P; c++) n += seg_end(c, le) - seg_begin(c, le);
+    return n;
+  }
 
-  // x: [N, C] router input. begin: plan, count exchange, rows posted; finish: xe filled
-  // (expert-contiguous, expert_offsets[El] rows).
+  // Forward. begin: plan, count exchange, admission (it needs only the counts), rows posted chunk by
+  // chunk. Per chunk: dispatch_finish(c) fills the chunk's segments of xe; combine_begin(c) posts
+  // their outputs back. combine_finish: y[n] = sum_j gate[n,j] * output of choice j (0 when dropped).
   void dispatch_begin(const T* x, const int32_t* topk_idx) {
     ops::route_sort(topk_idx, N, k, E, send_pos, send_bucket.data());
-    if (fixed) ops::fixed_capacity_slots(topk_idx, N, k, E, capacity, send_pos, send_bucket.data());
+    if (fixed) ops::fixed_capacity_slots(topk_idx, N, k, E, capacity, chunk_rows, send_pos, send_bucket.data());
     run_blocking([&] { exchange_counts(); });
+    if (fixed) {
+      dropped = ops::admit_rows_fixed(recv_bucket.data(), W, El, k, capacity, chunk_rows, P, expert_row,
+                                      seg_counts.data(), seg_offsets.data()) +
+                rows_not_sent();
+    } else {
+      dropped = ops::admit_rows(recv_bucket.data(), W, El, k, capacity, recv_total, expert_row, seg_counts.data(),
+                                seg_offsets.data());
+    }
     ops::permute_forward(xs, x, send_pos, N, k, C);
-    post(xs, xr, /*forward=*/true, 0);
+    for (int c = 0; c < P; c++) post(xs, xr, c, /*toward experts=*/true, 0);
   }
-  void dispatch_finish(T* xe) {
-    wait();
-    dropped = ops::admit_rows(recv_bucket.data(), W, El, k, capacity, fixed ? capacity : 0, recv_total, expert_row,
-                              expert_counts.data(), expert_offsets.data());
-    if (fixed) dropped += rows_not_sent();
-    ops::scatter_rows(xe, xr, expert_row, recv_total, C);
+  void dispatch_finish(int c, T* xe) {
+    wait(c, true);
+    ops::scatter_rows(xe, xr + chunk_first(c) * C, expert_row + chunk_first(c), chunk_size(c), C);
   }
-  // ye: expert outputs; finish: y[n] = sum_j gate[n,j] * output of choice j (0 when dropped).
-  void combine_begin(const T* ye) {
-    ops::gather_rows(yr, ye, expert_row, recv_total, C);
-    post(yr, ys, /*forward=*/false, 1);
+  void combine_begin(int c, const T* ye) {
+    ops::gather_rows(yr + chunk_first(c) * C, ye, expert_row + chunk_first(c), chunk_size(c), C);
+    post(yr, ys, c, /*toward experts=*/false, 1);
   }
   void combine_finish(T* y, const T* gate) {
-    wait();
+    for (int c = 0; c < P; c++) wait(c, false);
     ops::combine_forward(y, ys, gate, send_pos, N, k, C);
   }
-  // Backward of combine: dgate now, dye (expert-contiguous) at finish.
+  // Backward, mirrored: dgate at once and the output gradient posted; per chunk: dye filled, then the
+  // experts' input gradient posted back; dispatch_backward_finish sums each token's choices into dx.
   void combine_backward_begin(T* dgate, const T* dy, const T* gate) {
     // ys still holds the returned outputs (needed for dgate); reuse xs as the send-order gradient.
     ops::combine_backward(xs, dgate, dy, ys, gate, send_pos, N, k, C);
-    post(xs, yr, /*forward=*/true, 2);
+    for (int c = 0; c < P; c++) post(xs, yr, c, /*toward experts=*/true, 2);
   }
-  void combine_backward_finish(T* dye) {
-    wait();
-    ops::scatter_rows(dye, yr, expert_row, recv_total, C);
+  void combine_backward_finish(int c, T* dye) {
+    wait(c, true);
+    ops::scatter_rows(dye, yr + chunk_first(c) * C, expert_row + chunk_first(c), chunk_size(c), C);
   }
-  // Backward of dispatch: dx[n] = sum_j gradient of row (n, j) (dropped rows contribute nothing).
-  void dispatch_backward_begin(const T* dxe) {
-    ops::gather_rows(xr, dxe, expert_row, recv_total, C);
-    post(xr, xs, /*forward=*/false, 3);
+  void dispatch_backward_begin(int c, const T* dxe) {
+    ops::gather_rows(xr + chunk_first(c) * C, dxe, expert_row + chunk_first(c), chunk_size(c), C);
+    post(xr, xs, c, /*toward experts=*/false, 3);
   }
   void dispatch_backward_finish(T* dx) {
-    wait();
+    for (int c = 0; c < P; c++) wait(c, false);
     ops::permute_backward(dx, xs, send_pos, N, k, C, false);
   }
 
@@ -122,14 +140,19 @@ struct Dispatcher {
   template <class F>
   void run_blocking(F&& fn) {
     if (!stream) return fn();
-    if (!event) event = make_cpu_event();
+    auto& ev = event(0, true);
     stream->enqueue(fn);
-    stream->record(*event);
-    spin_until_done();
+    stream->record(ev);
+    spin_until_done(ev);
     stream->synchronize();  // rethrows the collective's error on this thread
   }
 
  private:
+  // Receive-buffer rows of chunk c (send buffers have the same chunk layout): the whole packed buffer
+  // when not fixed.
+  int64_t chunk_first(int c) const { return fixed ? (int64_t)c * E * chunk_rows : 0; }
+  int64_t chunk_size(int) const { return fixed ? (int64_t)E * chunk_rows : recv_total; }
+
   // Row counts per (expert, choice) go to the expert's rank; afterwards both sides know every split.
   void exchange_counts() {
     const size_t per = (size_t)El * k;
@@ -143,12 +166,7 @@ struct Dispatcher {
       for (size_t b = 0; b < per; b++) send_rows[r] += send_bucket[r * per + b], recv_rows[r] += recv_bucket[r * per + b];
     for (int r = 1; r < W; r++)
       send_off[r] = send_off[r - 1] + send_rows[r - 1], recv_off[r] = recv_off[r - 1] + recv_rows[r - 1];
-    recv_total = (int64_t)(recv_off[W - 1] + recv_rows[W - 1]);
-    if (fixed) {  // every (source, expert) slot is `capacity` rows, whatever it holds
-      for (int r = 0; r < W; r++)
-        send_rows[r] = recv_rows[r] = (size_t)El * capacity, send_off[r] = recv_off[r] = (size_t)r * El * capacity;
-      recv_total = (int64_t)E * capacity;
-    }
+    recv_total = fixed ? (int64_t)P * E * chunk_rows : (int64_t)(recv_off[W - 1] + recv_rows[W - 1]);
   }
   // Rows a source kept back in the fixed layout: dropped, counted on the source rank.
   int64_t rows_not_sent() const {
@@ -156,46 +174,63 @@ struct Dispatcher {
     for (int64_t i = 0; i < (int64_t)N * k; i++) n += send_pos[i] < 0;
     return n;
   }
-  // Posts an exchange on the communication stream (or runs it now) and times it.
-  void post(const T* src, T* dst, bool forward, int kind) {
-    auto task = [this, src, dst, forward, kind] {
+
+  // Posts chunk c of an exchange on the communication stream (or runs it now) and times it.
+  // toward_experts: source send order -> expert receive order; else the reverse.
+  void post(const T* src, T* dst, int c, bool toward_experts, int kind) {
+    auto task = [this, src, dst, c, toward_experts, kind] {
       static const char* names[] = {"dispatch", "combine", "combine grad", "dispatch grad"};
       const double t0 = Tracer::now_us();
-      exchange_rows(src, dst, forward);
+      exchange_rows(src, dst, c, toward_experts);
       const double t1 = Tracer::now_us();
-      Tracer::get().add(std::string(names[kind]) + " L" + std::to_string(layer), stream ? 1 : 0, t0, t1);
+      Tracer::get().add(std::string(names[kind]) + " L" + std::to_string(layer) + (P > 1 ? " c" + std::to_string(c) : ""),
+                        stream ? 1 : 0, t0, t1);
       comm_ms += (t1 - t0) / 1000, exchange_ms[kind] += (t1 - t0) / 1000;
     };
     if (!stream) {
-      auto t0 = std::chrono::steady_clock::now();
+      const double t0 = Tracer::now_us();
       task();  // sequential: all of it is exposed
-      exposed_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+      exposed_ms += (Tracer::now_us() - t0) / 1000;
       return;
     }
-    if (!event) event = make_cpu_event();
     stream->enqueue(task);
-    stream->record(*event);
+    stream->record(event(c, toward_experts));
   }
-  // Blocks the compute thread until the posted exchange is done; the time blocked is exposed comm.
-  void wait() {
+  // Blocks the compute thread until chunk c's exchange is done; the time blocked is exposed comm.
+  void wait(int c, bool toward_experts) {
     if (!stream) return;
     const double t0 = Tracer::now_us();
-    spin_until_done();
+    spin_until_done(event(c, toward_experts));
     stream->synchronize();  // rethrows an exchange's error here, on the compute thread
     const double t1 = Tracer::now_us();
     if (t1 - t0 > 1) Tracer::get().add("wait L" + std::to_string(layer), 0, t0, t1);
     exposed_ms += (t1 - t0) / 1000;
   }
-  std::unique_ptr<Event> event;
+  // One event per chunk and direction, so a chunk's wait does not wait for the chunks behind it.
+  Event& event(int c, bool toward_experts) {
+    auto& v = toward_experts ? in_events_ : out_events_;
+    while ((int)v.size() <= c) v.push_back(make_cpu_event());
+    return *v[c];
+  }
+  std::vector<std::unique_ptr<Event>> in_events_, out_events_;
   // Yield-spin rather than sleep: a sleeping compute thread wakes up behind OpenMP's spinning pool
   // threads on another core (a 2-core step went from 14 to 41 ms); yielding hands the core to the
   // communication thread when it needs it and resumes at once when it is done.
-  void spin_until_done() {
-    while (!event->query()) std::this_thread::yield();
+  static void spin_until_done(Event& e) {
+    while (!e.query()) std::this_thread::yield();
   }
 
-  // forward: source send order -> expert receive order; backward (false): the reverse.
-  void exchange_rows(const T* src, T* dst, bool forward) {
+  void exchange_rows(const T* src, T* dst, int c, bool toward_experts) {
+    if (fixed) {  // chunk c: equal splits of El * chunk_rows rows per peer
+      const size_t first = (size_t)chunk_first(c) * C, per_peer = (size_t)El * chunk_rows * C;
+      if (W == 1) {
+        ops::copy(dst + first, src + first, (int64_t)per_peer);
+        delay_local(per_peer * sizeof(T));
+      } else {
+        comm->all_to_all(src + first, dst + first, per_peer, dtype(), nullptr);
+      }
+      return;
+    }
     if (W == 1) {
       ops::copy(dst, src, (int64_t)recv_total * C);
       delay_local(size_t(recv_total) * C * sizeof(T));
@@ -206,10 +241,10 @@ struct Dispatcher {
       for (auto& x : o) x *= (size_t)C;
       return o;
     };
-    const auto& sr = forward ? send_rows : recv_rows;
-    const auto& so = forward ? send_off : recv_off;
-    const auto& rr = forward ? recv_rows : send_rows;
-    const auto& ro = forward ? recv_off : send_off;
+    const auto& sr = toward_experts ? send_rows : recv_rows;
+    const auto& so = toward_experts ? send_off : recv_off;
+    const auto& rr = toward_experts ? recv_rows : send_rows;
+    const auto& ro = toward_experts ? recv_off : send_off;
     comm->all_to_all_v(src, scale(sr), scale(so), dst, scale(rr), scale(ro), dtype(), nullptr);
   }
   static DType dtype() { return sizeof(T) == 4 ? DType::f32 : DType::f64; }

@@ -81,10 +81,12 @@ GPT<T>::GPT(const Config& cfg, int micro_batch, Communicator* comm)
   // In a single process without a simulated link the "exchanges" are local copies: nothing to hide,
   // and handing them to another thread only costs wake-ups, so they run inline.
   const bool has_link = cfg.comm.simulate_link.bandwidth_gb_s > 0 || cfg.comm.simulate_link.latency_us > 0;
-  const bool overlap = arch == "scmoe" && cfg.comm.overlap && ((comm && comm->world_size() > 1) || has_link);
+  const bool has_comm = (comm && comm->world_size() > 1) || has_link;
+  const bool overlap = arch == "scmoe" && cfg.comm.overlap && has_comm;
   const std::string& slot = cfg.scmoe.expert_slot;
   auto_slot_ = overlap && slot == "auto";
-  if (overlap) comm_stream_ = make_cpu_stream("comm", true);
+  // Chunked pipelining (moe.pipeline_degree) also needs the stream, for any architecture.
+  if (overlap || (has_comm && mo.pipeline_degree > 1)) comm_stream_ = make_cpu_stream("comm", true);
   SimulatedLink local_link{cfg.comm.simulate_link.bandwidth_gb_s, cfg.comm.simulate_link.latency_us};
   for (int l = 0; l < mc_.n_layer; l++) {  // wire routed inputs and their gradients
     Block<T>& b = blocks_[l];

@@ -30,6 +30,7 @@ struct MoE {
   int N = 0, C = 0, F = 0, E = 0, k = 1, W = 1, El = 0, first_expert = 0, layer = 0;
   bool renormalize = true, noise = false;
   double capacity_factor = 0, aux_coef = 0, z_coef = 0;
+  int pipeline_degree = 1;
   Communicator* comm = nullptr;
   Linear<T> gate, noise_gate;
   std::vector<MLP<T>> experts;  // this rank's experts: global ids first_expert .. first_expert+El-1
@@ -59,6 +60,10 @@ struct MoE {
     first_expert = (c ? c->rank() : 0) * El;
     renormalize = moe.renormalize, noise = moe.gate_noise;
     capacity_factor = moe.capacity_factor, aux_coef = moe.aux_loss_coef, z_coef = moe.z_loss_coef;
+    pipeline_degree = moe.pipeline_degree;
+    SCMOE_CHECK(pipeline_degree == 1 || capacity_factor > 0,
+                "moe.pipeline_degree " << pipeline_degree << " needs fixed-size exchanges: set moe.capacity_factor > 0 "
+                                       "(dropless exchanges are sized by the data)");
     double proj_std = mc.init_std / std::sqrt(2.0 * mc.n_layer);
     gate.setup(pt, name + ".gate", C, E, false, mc.init_std);
     if (noise) noise_gate.setup(pt, name + ".noise", C, E, false, mc.init_std);
@@ -77,7 +82,7 @@ struct MoE {
   void alloc(Arena& a, int N_) {
     N = N_;
     N_global = (int64_t)N * W;
-    size_t NE = (size_t)N * E, Nk = (size_t)N * k, rows = Nk * W;  // rows: worst case received here
+    size_t NE = (size_t)N * E, Nk = (size_t)N * k, rows = Nk * W;  // rows: the most this rank can admit
     logits = a.alloc<T>(NE), probs = a.alloc<T>(NE), dlogits = a.alloc<T>(NE);
     if (noise) noise_pre = a.alloc<T>(NE), noise_eps = a.alloc<T>(NE);
     topk_idx = a.alloc<int32_t>(Nk);
@@ -86,7 +91,7 @@ struct MoE {
     hidden_h = a.alloc<T>(rows * F), hidden_g = a.alloc<T>(rows * F);
     dh = a.alloc<T>(rows * F), dg = a.alloc<T>(rows * F);
     dx = a.alloc<T>((size_t)N * C);
-    dispatcher.alloc(a, N, capacity(), capacity_factor > 0);
+    dispatcher.alloc(a, N, capacity(), capacity_factor > 0, pipeline_degree);
   }
 
   // Rows per expert over the global batch (DESIGN.md section 3); dropless when capacity_factor <= 0.
@@ -110,14 +115,17 @@ struct MoE {
     reduce_router_stats(L);
     dispatcher.dispatch_begin(x, topk_idx);
   }
+  // Chunk by chunk (moe.pipeline_degree): chunk c's experts run while later chunks are still arriving.
   void forward_compute() {
-    dispatcher.dispatch_finish(xe);
-    const auto& off = dispatcher.expert_offsets;
-    for (int le = 0; le < El; le++) {
-      bind_expert_buffers(le);
-      experts[le].forward(ye + off[le] * C, xe + off[le] * C, (int)(off[le + 1] - off[le]));
+    for (int c = 0; c < dispatcher.P; c++) {
+      dispatcher.dispatch_finish(c, xe);
+      for (int le = 0; le < El; le++) {
+        const int64_t b = dispatcher.seg_begin(c, le);
+        bind_expert_buffers(b);
+        experts[le].forward(ye + b * C, xe + b * C, (int)(dispatcher.seg_end(c, le) - b));
+      }
+      dispatcher.combine_begin(c, ye);
     }
-    dispatcher.combine_begin(ye);
   }
   void forward_finish(T* y) {
     dispatcher.combine_finish(y, topk_gate);
@@ -134,16 +142,17 @@ struct MoE {
   // w.r.t. the input); parameter gradients are accumulated.
   void backward_begin(const T* dy) { dispatcher.combine_backward_begin(dgate, dy, topk_gate); }
   void backward_compute() {
-    dispatcher.combine_backward_finish(dye);
-    const auto& off = dispatcher.expert_offsets;
-    for (int le = 0; le < El; le++) {
-      bind_expert_buffers(le);
-      GradScratch<T> s;
-      s.dh = dh + off[le] * F, s.dg = dg + off[le] * F;
-      experts[le].backward(dxe + off[le] * C, dye + off[le] * C, xe + off[le] * C, (int)(off[le + 1] - off[le]),
-                           s, false);
+    for (int c = 0; c < dispatcher.P; c++) {
+      dispatcher.combine_backward_finish(c, dye);
+      for (int le = 0; le < El; le++) {
+        const int64_t b = dispatcher.seg_begin(c, le);
+        bind_expert_buffers(b);
+        GradScratch<T> s;
+        s.dh = dh + b * F, s.dg = dg + b * F;
+        experts[le].backward(dxe + b * C, dye + b * C, xe + b * C, (int)(dispatcher.seg_end(c, le) - b), s, false);
+      }
+      dispatcher.dispatch_backward_begin(c, dxe);
     }
-    dispatcher.dispatch_backward_begin(dxe);
   }
   void backward(const T* dy, double loss_scale) {
     backward_begin(dy);
@@ -166,10 +175,9 @@ struct MoE {
   }
 
  private:
-  void bind_expert_buffers(int le) {
-    const auto& off = dispatcher.expert_offsets;
-    experts[le].h = hidden_h + off[le] * F;
-    experts[le].g = hidden_g + off[le] * F;
+  // Points an expert's saved activations at its segment's rows (segments never share rows).
+  void bind_expert_buffers(int64_t first_row) {
+    for (auto& ex : experts) ex.h = hidden_h + first_row * F, ex.g = hidden_g + first_row * F;
   }
   // Noisy top-k gating (Shazeer et al.): logits += N(0,1) * softplus(x . W_noise). Each token's noise
   // comes from a stream keyed by (step draw, layer, global token index), so it is the same whichever
@@ -210,7 +218,7 @@ struct MoE {
   }
   void record_load() {
     stats.tokens_per_expert.assign(E, 0);
-    for (int le = 0; le < El; le++) stats.tokens_per_expert[first_expert + le] = dispatcher.expert_counts[le];
+    for (int le = 0; le < El; le++) stats.tokens_per_expert[first_expert + le] = dispatcher.expert_rows(le);
     stats.dropped = dispatcher.dropped;
     stats.assignments = (int64_t)N * k;  // this rank's tokens' choices (summed over ranks by the trainer)
   }

@@ -25,7 +25,7 @@ namespace {
 #define SCMOE_CONFIG_FIELDS(X)                                                                         \
   X(model.arch) X(model.n_layer) X(model.d_model) X(model.n_head) X(model.d_ff) X(model.seq_len)       \
   X(model.vocab_size) X(model.norm) X(model.init_std) X(moe.num_experts) X(moe.top_k) X(moe.every) X(moe.d_expert)     \
-  X(moe.capacity_factor) X(moe.aux_loss_coef) X(moe.z_loss_coef) X(moe.gate_noise) X(moe.renormalize) \
+  X(moe.capacity_factor) X(moe.aux_loss_coef) X(moe.z_loss_coef) X(moe.gate_noise) X(moe.renormalize) X(moe.pipeline_degree) \
   X(scmoe.position) X(scmoe.combine) X(scmoe.expert_slot) X(optim.lr) X(optim.weight_decay)           \
   X(optim.beta1) X(optim.beta2) X(optim.eps) X(optim.grad_clip) X(optim.warmup_steps)                 \
   X(optim.schedule) X(optim.decay_steps) X(optim.min_lr) X(train.max_steps) X(train.batch_size)       \
@@ -297,7 +297,7 @@ void test_cross_checks() {
 Config unusual_config() {
   Config c;
   c.model = {"scmoe", 6, 96, 3, 200, 64, 50257, "rmsnorm", 0.1 + 0.2};
-  c.moe = {16, 3, 1, 640, -1.5, 1e-300, 5e-324, true, false};
+  c.moe = {16, 3, 1, 640, -1.5, 1e-300, 5e-324, true, false, 3};
   c.scmoe = {3, "cg2", "4"};
   c.optim = {3e-4, 0.0, 0.0, 0.999999999999, 1.2345678901234567e-9, -2.5, 7, "linear", 123, 1e-7};
   c.train.max_steps = std::numeric_limits<int>::max();

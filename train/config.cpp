@@ -82,6 +82,8 @@ const Key kKeys[] = {
     KEY(moe.z_loss_coef, at_least(0), "weight of the router z-loss (0: off)"),
     KEY(moe.gate_noise, any(), "add learned noise to the gate logits in training"),
     KEY(moe.renormalize, any(), "renormalise the top-k probabilities when top_k > 1"),
+    KEY(moe.pipeline_degree, at_least(1),
+        "split each expert's All-to-All and computation into this many chunks that overlap (capacity_factor > 0)"),
     KEY(scmoe.position, between(1, 3),
         "routed experts' input: 1 preceding block's output, 2 inside it (after attention), 3 its input"),
     KEY(scmoe.combine, one_of("add|cg1|cg2"),

@@ -29,6 +29,7 @@ struct MoeConfig {
   double z_loss_coef = 0.0;
   bool gate_noise = false;
   bool renormalize = true;     // renormalise the top-k probabilities when k > 1
+  int pipeline_degree = 1;     // chunks of the All-to-All + expert pipeline (Tutel-style); needs capacity_factor > 0
 };
 
 struct ScmoeConfig {

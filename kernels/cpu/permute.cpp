@@ -27,19 +27,14 @@ void route_sort(const int32_t* topk_idx, int N, int k, int E, int32_t* send_pos,
   for (int64_t i = 0; i < (int64_t)N * k; i++) send_pos[i] = (int32_t)next[(int64_t)topk_idx[i] * k + i % k]++;
 }
 
-int64_t admit_rows(const int64_t* recv_bucket, int W, int El, int k, int64_t capacity, int64_t slot_rows,
-                   int64_t recv_rows, int32_t* expert_row, int64_t* expert_counts, int64_t* expert_offsets) {
+int64_t admit_rows(const int64_t* recv_bucket, int W, int El, int k, int64_t capacity, int64_t recv_rows,
+                   int32_t* expert_row, int64_t* expert_counts, int64_t* expert_offsets) {
   SCMOE_CHECK(capacity >= 0, "admit_rows: negative capacity " << capacity << " (use N*k for dropless)");
   // First row of each (source, expert, choice) block in the receive buffer.
   std::vector<int64_t> start((size_t)W * El * k);
   int64_t acc = 0;
-  for (size_t b = 0; b < start.size(); b++) {
-    if (slot_rows > 0 && b % k == 0) acc = int64_t(b / k) * slot_rows;  // each (source, expert) slot
-    start[b] = acc, acc += recv_bucket[b];
-    SCMOE_CHECK(slot_rows == 0 || acc <= int64_t(b / k + 1) * slot_rows, "admit_rows: a slot overflows");
-  }
-  SCMOE_CHECK(slot_rows > 0 || acc == recv_rows, "admit_rows: counts say " << acc << " rows, buffer has " << recv_rows);
-  for (int64_t i = 0; i < recv_rows; i++) expert_row[i] = -1;  // padding stays -1
+  for (size_t b = 0; b < start.size(); b++) start[b] = acc, acc += recv_bucket[b];
+  SCMOE_CHECK(acc == recv_rows, "admit_rows: counts say " << acc << " rows, buffer has " << recv_rows);
   for (int le = 0; le < El; le++) expert_counts[le] = 0;
   // Serial, in the single-process fill order; slots first, made global once offsets are known.
   int64_t dropped = 0;
@@ -51,6 +46,7 @@ int64_t admit_rows(const int64_t* recv_bucket, int W, int El, int k, int64_t cap
           if (expert_counts[le] < capacity) {
             expert_row[start[b] + i] = (int32_t)expert_counts[le]++;
           } else {
+            expert_row[start[b] + i] = -1;
             dropped++;
           }
         }
@@ -65,8 +61,49 @@ int64_t admit_rows(const int64_t* recv_bucket, int W, int El, int k, int64_t cap
   return dropped;
 }
 
-void fixed_capacity_slots(const int32_t* topk_idx, int N, int k, int E, int64_t capacity, int32_t* send_pos,
-                          int64_t* bucket) {
+int64_t admit_rows_fixed(const int64_t* recv_bucket, int W, int El, int k, int64_t capacity, int64_t chunk_rows,
+                         int P, int32_t* expert_row, int64_t* seg_counts, int64_t* seg_offsets) {
+  SCMOE_CHECK(capacity >= 0 && chunk_rows * P >= capacity, "admit_rows_fixed: chunks do not cover the capacity");
+  const int64_t recv_rows = (int64_t)P * W * El * chunk_rows;
+  for (int64_t i = 0; i < recv_rows; i++) expert_row[i] = -1;  // padding stays -1
+  for (int s = 0; s < P * El; s++) seg_counts[s] = 0;
+  // Admission order as in admit_rows; each admitted row remembers its receive row and segment.
+  struct Admitted {
+    int64_t recv_row;
+    int seg;
+  };
+  std::vector<Admitted> admitted;
+  std::vector<int64_t> taken(El, 0);
+  int64_t dropped = 0;
+  for (int le = 0; le < El; le++)
+    for (int j = 0; j < k; j++)
+      for (int r = 0; r < W; r++) {
+        int64_t before = 0;  // rows of (r, le) for earlier choices: where this block starts in the slot
+        for (int jj = 0; jj < j; jj++) before += recv_bucket[((size_t)r * El + le) * k + jj];
+        const int64_t n = recv_bucket[((size_t)r * El + le) * k + j];
+        SCMOE_CHECK(before + n <= capacity, "admit_rows_fixed: a slot holds more than the capacity");
+        for (int64_t t = 0; t < n; t++) {
+          const int64_t i = before + t, c = i / chunk_rows;
+          const int64_t row = ((c * W + r) * El + le) * chunk_rows + (i - c * chunk_rows);
+          if (taken[le] < capacity) {
+            taken[le]++;
+            admitted.push_back({row, int(c * El + le)});
+            seg_counts[c * El + le]++;
+          } else {
+            dropped++;
+          }
+        }
+      }
+  seg_offsets[0] = 0;
+  for (int s = 0; s < P * El; s++) seg_offsets[s + 1] = seg_offsets[s] + seg_counts[s];
+  std::vector<int64_t> next(seg_offsets, seg_offsets + P * El);
+  for (const Admitted& a : admitted) expert_row[a.recv_row] = (int32_t)next[a.seg]++;
+  return dropped;
+}
+
+void fixed_capacity_slots(const int32_t* topk_idx, int N, int k, int E, int64_t capacity, int64_t chunk_rows,
+                          int32_t* send_pos, int64_t* bucket) {
+  SCMOE_CHECK(chunk_rows > 0, "fixed_capacity_slots: chunk_rows must be positive");
   // Packed start of each (expert, choice) block, and how many rows of the expert come before it.
   std::vector<int64_t> start((size_t)E * k), before((size_t)E * k);
   int64_t acc = 0;
@@ -80,8 +117,8 @@ void fixed_capacity_slots(const int32_t* topk_idx, int N, int k, int E, int64_t 
   }
   for (int64_t i = 0; i < (int64_t)N * k; i++) {
     size_t b = (size_t)topk_idx[i] * k + i % k;
-    int64_t rank_in_expert = before[b] + (send_pos[i] - start[b]);
-    send_pos[i] = rank_in_expert < capacity ? (int32_t)(topk_idx[i] * capacity + rank_in_expert) : -1;
+    int64_t slot = before[b] + (send_pos[i] - start[b]), c = slot / chunk_rows;
+    send_pos[i] = slot < capacity ? (int32_t)((c * E + topk_idx[i]) * chunk_rows + slot - c * chunk_rows) : -1;
   }
   for (size_t b = 0; b < start.size(); b++)
     bucket[b] = std::max<int64_t>(0, std::min(bucket[b], capacity - before[b]));
@@ -118,7 +155,7 @@ int64_t dispatch_plan(const int32_t* topk_idx, int N, int k, int E, int64_t capa
   std::vector<int64_t> bucket((size_t)E * k);
   route_sort(topk_idx, N, k, E, send_pos.data(), bucket.data());
   int64_t dropped =
-      admit_rows(bucket.data(), 1, E, k, capacity, 0, (int64_t)N * k, expert_row.data(), counts, offsets);
+      admit_rows(bucket.data(), 1, E, k, capacity, (int64_t)N * k, expert_row.data(), counts, offsets);
   for (int64_t i = 0; i < (int64_t)N * k; i++) pos[i] = expert_row[send_pos[i]];
   return dropped;
 }

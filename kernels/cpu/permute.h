@@ -14,21 +14,30 @@ namespace scmoe::cpu {
 void route_sort(const int32_t* topk_idx, int N, int k, int E, int32_t* send_pos, int64_t* bucket);
 
 // Expert side: rows arrive from W source ranks, each block in (local expert, choice, token) order with
-// recv_bucket[(r*El + le)*k + j] rows. Rows are admitted per expert in the single-process order
-// (choice-major, then source rank, then token) up to `capacity`, so which tokens are dropped does not
-// depend on the number of ranks. Packed layout (slot_rows 0): the blocks follow each other; fixed
-// layout: every (source, expert) owns slot_rows rows, unused ones are padding. expert_row[recv_row] =
-// row in the expert-contiguous buffer, or -1 when dropped or padding (recv_rows rows in all);
-// expert_counts[El], expert_offsets[El+1]. Returns the number dropped.
-int64_t admit_rows(const int64_t* recv_bucket, int W, int El, int k, int64_t capacity, int64_t slot_rows,
-                   int64_t recv_rows, int32_t* expert_row, int64_t* expert_counts, int64_t* expert_offsets);
+// recv_bucket[(r*El + le)*k + j] rows, blocks packed one after the other. Rows are admitted per expert
+// in the single-process order (choice-major, then source rank, then token) up to `capacity`, so which
+// tokens are dropped does not depend on the number of ranks. expert_row[recv_row] = row in the
+// expert-contiguous buffer, or -1 when dropped; expert_counts[El], expert_offsets[El+1]. Returns the
+// number dropped.
+int64_t admit_rows(const int64_t* recv_bucket, int W, int El, int k, int64_t capacity, int64_t recv_rows,
+                   int32_t* expert_row, int64_t* expert_counts, int64_t* expert_offsets);
 
-// Fixed-capacity sends (no count-dependent sizes): each expert gets a slot of `capacity` rows and only
-// the first `capacity` rows of an expert (in (choice, token) order) are sent; later ones could never be
-// admitted. Rewrites send_pos (from route_sort) to slot rows (e*capacity + i, or -1) and bucket to
-// the rows actually sent per (expert, choice).
-void fixed_capacity_slots(const int32_t* topk_idx, int N, int k, int E, int64_t capacity, int32_t* send_pos,
-                          int64_t* bucket);
+// Fixed-capacity layout (sizes known in advance, no host synchronisation): every (source, expert) owns
+// `capacity` slot rows, cut into P chunks of `chunk_rows` (P * chunk_rows >= capacity) so that the
+// exchange can be pipelined chunk by chunk. Buffers are chunk-major: slot row i of (expert e) lives at
+// ((c*E + e) * chunk_rows + i - c*chunk_rows) with c = i / chunk_rows, so each chunk is one equal-split
+// All-to-All.
+// Source side: only the first `capacity` rows of an expert (in (choice, token) order) are sent; later
+// ones could never be admitted. Rewrites send_pos (from route_sort) to those rows (or -1) and bucket
+// to the rows actually sent per (expert, choice).
+void fixed_capacity_slots(const int32_t* topk_idx, int N, int k, int E, int64_t capacity, int64_t chunk_rows,
+                          int32_t* send_pos, int64_t* bucket);
+// Expert side of that layout: the same admission as admit_rows, with the expert buffer laid out by
+// (chunk, local expert) segments so that each chunk's experts run on contiguous rows:
+// seg_counts[P*El], seg_offsets[P*El+1] (segment c*El + le). Every receive row (P*W*El*chunk_rows)
+// gets expert_row (-1 for padding or dropped). Returns the number dropped.
+int64_t admit_rows_fixed(const int64_t* recv_bucket, int W, int El, int k, int64_t capacity, int64_t chunk_rows,
+                         int P, int32_t* expert_row, int64_t* seg_counts, int64_t* seg_offsets);
 
 // dst[map[i]] = src[i] for every map[i] >= 0.
 template <class T>
