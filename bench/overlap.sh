@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The ScMoE overlap benchmark: ScMoE Pos-2 (overlapped) vs top-2 MoE vs top-1 MoE vs shared expert, same
-# active compute (configs/ts_*.yaml), 2 ranks through train/launch, at several simulated link speeds.
+# The ScMoE overlap benchmark: ScMoE Pos-2 (overlapped) vs top-2 MoE (plain and with chunked pipelining,
+# moe.pipeline_degree 2) vs top-1 MoE vs shared expert, same active compute (configs/ts_*.yaml), 2 ranks
+# through train/launch, at several simulated link speeds.
 #   bench/overlap.sh [STEPS] [BANDWIDTHS_GB_S...]      (defaults: 16 steps; 0.05 0.2 1 5)
 # Prints a Markdown table (median step time after the first 6 steps, speed-up over top-2, communication
 # share of top-2's step, overlap) and writes it with a plot to docs/overlap_table.md / docs/overlap.png.
@@ -17,10 +18,13 @@ BWS=("$@")
 OUT=runs/overlap
 rm -rf "$OUT" && mkdir -p "$OUT"
 for bw in "${BWS[@]}"; do
-  for cfg in ts_scmoe_pos2 ts_moe_top2 ts_moe_top1 ts_shared_expert; do
-    dir=$OUT/${cfg}_bw$bw
-    echo "== $cfg, simulated link $bw GB/s" >&2
-    train/launch --nproc-per-node 2 --master-port 0 -- build/train --config configs/$cfg.yaml \
+  for run in ts_scmoe_pos2 ts_moe_top2 ts_moe_top2:pipelined ts_moe_top1 ts_shared_expert; do
+    cfg=${run%%:*}
+    extra=()
+    [[ $run == *:pipelined ]] && extra=(--set moe.pipeline_degree=2)
+    dir=$OUT/${run/:/_}_bw$bw
+    echo "== $run, simulated link $bw GB/s" >&2
+    train/launch --nproc-per-node 2 --master-port 0 -- build/train --config configs/$cfg.yaml "${extra[@]}" \
       --set train.batch_size=8 --set train.threads=1 --set train.max_steps="$STEPS" --set train.eval_every=8 \
       --set train.eval_batches=4 \
       --set checkpoint.every=0 --set train.log_every=1000 --set scmoe.expert_slot=auto \
@@ -38,7 +42,8 @@ def stats(d):
     med = lambda k: statistics.median(r.get(k, 0.0) for r in recs)
     return {"step": med("step_ms"), "comm": med("comm_ms"), "exposed": med("exposed_comm_ms"), "overlap": med("overlap"),
             "fwd": statistics.median(evals)}
-names = {"ts_scmoe_pos2": "ScMoE Pos-2 (overlapped)", "ts_moe_top2": "top-2 MoE", "ts_moe_top1": "top-1 MoE",
+names = {"ts_scmoe_pos2": "ScMoE Pos-2 (overlapped)", "ts_moe_top2": "top-2 MoE",
+         "ts_moe_top2_pipelined": "top-2 MoE, pipelined (2 chunks)", "ts_moe_top1": "top-1 MoE",
          "ts_shared_expert": "shared expert + top-1"}
 cpu = subprocess.run("lscpu | sed -n 's/^Model name:\\s*//p'", shell=True, capture_output=True, text=True).stdout.strip()
 lines = [f"Machine: {cpu}, 2 cores; 2 ranks (Gloo over loopback), 1 thread each; links SIMULATED.", "",
