@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The ScMoE overlap benchmark: ScMoE Pos-2 (overlapped) vs top-2 MoE (plain and with chunked pipelining,
-# moe.pipeline_degree 2) vs top-1 MoE vs shared expert, same active compute (configs/ts_*.yaml), 2 ranks
+# moe.pipeline_degree 4) vs top-1 MoE vs shared expert, same active compute (configs/ts_*.yaml), 2 ranks
 # through train/launch, at several simulated link speeds.
 #   bench/overlap.sh [STEPS] [BANDWIDTHS_GB_S...]      (defaults: 16 steps; 0.05 0.2 1 5)
 # Prints a Markdown table (median step time after the first 6 steps, speed-up over top-2, communication
@@ -21,7 +21,7 @@ for bw in "${BWS[@]}"; do
   for run in ts_scmoe_pos2 ts_moe_top2 ts_moe_top2:pipelined ts_moe_top1 ts_shared_expert; do
     cfg=${run%%:*}
     extra=()
-    [[ $run == *:pipelined ]] && extra=(--set moe.pipeline_degree=2)
+    [[ $run == *:pipelined ]] && extra=(--set moe.pipeline_degree=4)
     dir=$OUT/${run/:/_}_bw$bw
     echo "== $run, simulated link $bw GB/s" >&2
     train/launch --nproc-per-node 2 --master-port 0 -- build/train --config configs/$cfg.yaml "${extra[@]}" \
@@ -43,7 +43,7 @@ def stats(d):
     return {"step": med("step_ms"), "comm": med("comm_ms"), "exposed": med("exposed_comm_ms"), "overlap": med("overlap"),
             "fwd": statistics.median(evals)}
 names = {"ts_scmoe_pos2": "ScMoE Pos-2 (overlapped)", "ts_moe_top2": "top-2 MoE",
-         "ts_moe_top2_pipelined": "top-2 MoE, pipelined (2 chunks)", "ts_moe_top1": "top-1 MoE",
+         "ts_moe_top2_pipelined": "top-2 MoE, pipelined (4 chunks)", "ts_moe_top1": "top-1 MoE",
          "ts_shared_expert": "shared expert + top-1"}
 cpu = subprocess.run("lscpu | sed -n 's/^Model name:\\s*//p'", shell=True, capture_output=True, text=True).stdout.strip()
 lines = [f"Machine: {cpu}, 2 cores; 2 ranks (Gloo over loopback), 1 thread each; links SIMULATED.", "",

@@ -104,16 +104,10 @@ struct Dispatcher {
     ops::permute_forward(xs, x, send_pos, N, k, C);
     for (int c = 0; c < P; c++) post(xs, xr, c, /*toward experts=*/true, 0);
   }
-  void dispatch_finish(int c, T* xe) {
-    wait(c, true);
-    ops::scatter_rows(xe, xr + chunk_first(c) * C, expert_row + chunk_first(c), chunk_size(c), C);
-  }
-  void combine_begin(int c, const T* ye) {
-    ops::gather_rows(yr + chunk_first(c) * C, ye, expert_row + chunk_first(c), chunk_size(c), C);
-    post(yr, ys, c, /*toward experts=*/false, 1);
-  }
+  void dispatch_finish(int c, T* xe) { receive_chunk(c, xr, xe); }
+  void combine_begin(int c, const T* ye) { return_chunk(c, ye, yr, 1); }
   void combine_finish(T* y, const T* gate) {
-    for (int c = 0; c < P; c++) wait(c, false);
+    wait_all_returned();
     ops::combine_forward(y, ys, gate, send_pos, N, k, C);
   }
   // Backward, mirrored: dgate at once and the output gradient posted; per chunk: dye filled, then the
@@ -123,16 +117,10 @@ struct Dispatcher {
     ops::combine_backward(xs, dgate, dy, ys, gate, send_pos, N, k, C);
     for (int c = 0; c < P; c++) post(xs, yr, c, /*toward experts=*/true, 2);
   }
-  void combine_backward_finish(int c, T* dye) {
-    wait(c, true);
-    ops::scatter_rows(dye, yr + chunk_first(c) * C, expert_row + chunk_first(c), chunk_size(c), C);
-  }
-  void dispatch_backward_begin(int c, const T* dxe) {
-    ops::gather_rows(xr + chunk_first(c) * C, dxe, expert_row + chunk_first(c), chunk_size(c), C);
-    post(xr, xs, c, /*toward experts=*/false, 3);
-  }
+  void combine_backward_finish(int c, T* dye) { receive_chunk(c, yr, dye); }
+  void dispatch_backward_begin(int c, const T* dxe) { return_chunk(c, dxe, xr, 3); }
   void dispatch_backward_finish(T* dx) {
-    for (int c = 0; c < P; c++) wait(c, false);
+    wait_all_returned();
     ops::permute_backward(dx, xs, send_pos, N, k, C, false);
   }
 
@@ -175,6 +163,22 @@ struct Dispatcher {
     return n;
   }
 
+  // Expert side of a chunk: wait for its rows (receive buffer `recv`) and place them in the expert
+  // buffer; and the way back: take the chunk's rows from the expert buffer and post them.
+  void receive_chunk(int c, const T* recv, T* expert_buf) {
+    wait(c, true);
+    ops::scatter_rows(expert_buf, recv + chunk_first(c) * C, expert_row + chunk_first(c), chunk_size(c), C);
+  }
+  void return_chunk(int c, const T* expert_buf, T* recv, int kind) {
+    ops::gather_rows(recv + chunk_first(c) * C, expert_buf, expert_row + chunk_first(c), chunk_size(c), C);
+    post(recv, recv == yr ? ys : xs, c, /*toward experts=*/false, kind);
+  }
+  // Source side: every returned chunk is in; an exchange's error surfaces here, on the compute thread.
+  void wait_all_returned() {
+    for (int c = 0; c < P; c++) wait(c, false);
+    if (stream) stream->synchronize();
+  }
+
   // Posts chunk c of an exchange on the communication stream (or runs it now) and times it.
   // toward_experts: source send order -> expert receive order; else the reverse.
   void post(const T* src, T* dst, int c, bool toward_experts, int kind) {
@@ -196,12 +200,12 @@ struct Dispatcher {
     stream->enqueue(task);
     stream->record(event(c, toward_experts));
   }
-  // Blocks the compute thread until chunk c's exchange is done; the time blocked is exposed comm.
+  // Blocks the compute thread until chunk c's exchange is done (not the chunks posted after it: that
+  // would undo the pipelining); the time blocked is exposed comm. Errors surface in wait_all_returned.
   void wait(int c, bool toward_experts) {
     if (!stream) return;
     const double t0 = Tracer::now_us();
     spin_until_done(event(c, toward_experts));
-    stream->synchronize();  // rethrows an exchange's error here, on the compute thread
     const double t1 = Tracer::now_us();
     if (t1 - t0 > 1) Tracer::get().add("wait L" + std::to_string(layer), 0, t0, t1);
     exposed_ms += (t1 - t0) / 1000;
