@@ -121,7 +121,7 @@ struct MoE {
       dispatcher.dispatch_finish(c, xe);
       for (int le = 0; le < El; le++) {
         const int64_t b = dispatcher.seg_begin(c, le);
-        bind_expert_buffers(b);
+        bind_expert_buffers(le, b);
         experts[le].forward(ye + b * C, xe + b * C, (int)(dispatcher.seg_end(c, le) - b));
       }
       dispatcher.combine_begin(c, ye);
@@ -130,11 +130,6 @@ struct MoE {
   void forward_finish(T* y) {
     dispatcher.combine_finish(y, topk_gate);
     record_load();
-  }
-  void forward(T* y, const T* x_, Rng* rng) {
-    forward_begin(x_, rng);
-    forward_compute();
-    forward_finish(y);
   }
 
   // Backward in the mirrored phases. dy: gradient of the output. loss_scale: d(objective)/d(this
@@ -146,18 +141,13 @@ struct MoE {
       dispatcher.combine_backward_finish(c, dye);
       for (int le = 0; le < El; le++) {
         const int64_t b = dispatcher.seg_begin(c, le);
-        bind_expert_buffers(b);
+        bind_expert_buffers(le, b);
         GradScratch<T> s;
         s.dh = dh + b * F, s.dg = dg + b * F;
         experts[le].backward(dxe + b * C, dye + b * C, xe + b * C, (int)(dispatcher.seg_end(c, le) - b), s, false);
       }
       dispatcher.dispatch_backward_begin(c, dxe);
     }
-  }
-  void backward(const T* dy, double loss_scale) {
-    backward_begin(dy);
-    backward_compute();
-    backward_finish(loss_scale);
   }
   void backward_finish(double loss_scale) {
     dispatcher.dispatch_backward_finish(dx);
@@ -176,8 +166,8 @@ struct MoE {
 
  private:
   // Points an expert's saved activations at its segment's rows (segments never share rows).
-  void bind_expert_buffers(int64_t first_row) {
-    for (auto& ex : experts) ex.h = hidden_h + first_row * F, ex.g = hidden_g + first_row * F;
+  void bind_expert_buffers(int le, int64_t first_row) {
+    experts[le].h = hidden_h + first_row * F, experts[le].g = hidden_g + first_row * F;
   }
   // Noisy top-k gating (Shazeer et al.): logits += N(0,1) * softplus(x . W_noise). Each token's noise
   // comes from a stream keyed by (step draw, layer, global token index), so it is the same whichever
