@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The CPU tests under a sanitizer, in their own build tree without CUDA:
-#   scripts/sanitize.sh address   AddressSanitizer + UndefinedBehaviorSanitizer over the unit tests (not
+#   scripts/sanitize.sh address   AddressSanitizer + UndefinedBehaviorSanitizer over the unit and emulated
+#                                 kernel tests (kernel overruns show as heap overflows; not
 #                                 the slower end-to-end and multi-process ones), in build-asan/
 #   scripts/sanitize.sh thread    ThreadSanitizer over the unit tests (streams, store, Gloo, multi-process
 #                                 and overlapped training included), one at a time, in build-tsan/.
@@ -15,7 +16,7 @@ mode=${1:-address}
 shift || true
 case $mode in
   address) dir=build-asan option=-DSCMOE_SANITIZE=ON
-           tests=(-L unit -LE "e2e|multiprocess") jobs=$(nproc)
+           tests=(-L "unit|emu" -LE "e2e|multiprocess") jobs=$(nproc)
            export ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 OMP_WAIT_POLICY=passive ;;
   thread)  dir=build-tsan option=-DSCMOE_TSAN=ON
            tests=(-L unit -E "test_moe_dispatch|train_learns") jobs=1  # timing-sensitive tests, 5-15x slower

@@ -1,0 +1,95 @@
+// What every CUDA kernel file includes: the CUDA headers under nvcc, or the SIMT emulation
+// (tests/emu/simt.h) when the same source is compiled as host C++ for the CPU tests
+// (SCMOE_SIMT_EMU). Also: the launch wrapper, CUDA error checks, bf16 conversions and the warp/block
+// reductions the kernels share.
+#pragma once
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+
+#if defined(SCMOE_SIMT_EMU)
+#include "tests/emu/simt.h"
+#else
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#define SCMOE_DYNAMIC_SHARED(type, name)                  \
+  extern __shared__ __align__(16) unsigned char name##_raw_[]; \
+  type* name = reinterpret_cast<type*>(name##_raw_)
+#endif
+#include "core/check.h"
+#include "kernels/cuda/abi.h"
+
+// Inside the inline namespace (abi.h): the emulated and native builds define the same names.
+SCMOE_CUDA_BEGIN
+
+#if defined(SCMOE_SIMT_EMU)
+template <class... P, class... A>
+void launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t, A... args) {
+  ::simt::launch_kernel(kernel, grid, block, smem, args...);
+}
+#define SCMOE_CUDA_CHECK(call) (void)(call)
+#define SCMOE_KERNEL_CHECK() (void)0
+#else
+#ifndef SCMOE_CUDA_CHECK
+#define SCMOE_CUDA_CHECK(call)                                                                   \
+  do {                                                                                           \
+    cudaError_t err_ = (call);                                                                   \
+    SCMOE_CHECK(err_ == cudaSuccess, #call << " failed: " << cudaGetErrorString(err_));          \
+  } while (0)
+#endif
+// Launch errors (bad configuration) surface at the launch; faults inside the kernel at the next sync.
+#define SCMOE_KERNEL_CHECK() SCMOE_CUDA_CHECK(cudaGetLastError())
+template <class... P, class... A>
+void launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream, A... args) {
+  kernel<<<grid, block, smem, stream>>>(P(args)...);
+  SCMOE_KERNEL_CHECK();
+}
+#endif
+
+inline unsigned ceil_div(int64_t a, int64_t b) { return unsigned((a + b - 1) / b); }
+
+// Storage type <-> fp32 (all arithmetic is fp32; bf16 is storage only).
+__device__ __forceinline__ float to_f32(float x) { return x; }
+__device__ __forceinline__ float to_f32(bf16 x) { return __bfloat162float(x); }
+template <class T>
+__device__ __forceinline__ T from_f32(float x);
+template <>
+__device__ __forceinline__ float from_f32<float>(float x) { return x; }
+template <>
+__device__ __forceinline__ bf16 from_f32<bf16>(float x) { return __float2bfloat16(x); }
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
+// `scratch` is 32 floats of shared memory; the trailing barrier lets callers reuse it at once.
+__device__ __forceinline__ float block_sum(float v, float* scratch) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
+  v = warp_sum(v);
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  v = lane < nwarps ? scratch[lane] : 0.f;
+  v = warp_sum(v);
+  __syncthreads();
+  return v;
+}
+__device__ __forceinline__ float block_max(float v, float* scratch) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
+  v = warp_max(v);
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  v = lane < nwarps ? scratch[lane] : -INFINITY;
+  v = warp_max(v);
+  __syncthreads();
+  return v;
+}
+
+SCMOE_CUDA_END
