@@ -1,0 +1,41 @@
+// MoE router math on the device (twin of kernels/cpu/router.h): softmax over gate logits [N,E], top-k
+// with ties to the lower expert index, optional renormalisation, per-expert counts and mean
+// probabilities, the load-balance (aux) and z losses, and the backward to the logits.
+// Logits and their gradient use the storage type T (float or bf16: they come from and go to a
+// matmul); everything the router derives (probabilities, gates, pmean, losses) is fp32. All sums are
+// in a fixed order, so results are identical run to run.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels/cuda/abi.h"
+
+SCMOE_CUDA_BEGIN
+
+// One warp handles a token row, each lane holding up to 8 of its experts in registers.
+constexpr int kRouterMaxExperts = 256;
+
+// Scratch the forward needs for its deterministic two-stage reductions (bytes, at most ~0.5 MB).
+size_t router_forward_workspace_bytes(int N, int E);
+
+// Test hook: caps the forward's grid (default 256 blocks of 8 rows, rows beyond that loop within
+// each warp) so that emulated tests reach that loop with few rows; 0 restores the default.
+void router_testing_set_block_cap(int cap);
+
+// probs [N,E] (saved for backward), topk_idx [N,k], topk_gate [N,k]; pmean [E] = mean_n probs[n,e],
+// counts [E] = assignments to e before capacity; losses [2] = {aux, z} with
+// aux = E * sum_e pmean_e * counts_e / (N k) and z = mean_n logsumexp(logits[n,:])^2 (both 0 when N = 0).
+// `workspace` holds router_forward_workspace_bytes(N, E) bytes. Requires 1 <= k <= E <= 256.
+template <class T>
+void router_forward(const T* logits, int N, int E, int k, bool renormalize, float* probs, int32_t* topk_idx,
+                    float* topk_gate, float* pmean, int64_t* counts, float* losses, void* workspace,
+                    cudaStream_t stream);
+
+// dlogits [N,E] (overwritten) from dgate [N,k] plus aux_scale * d(aux)/dlogits + z_scale * d(z)/dlogits,
+// as in the CPU reference (counts treated as constants; logits read only when z_scale != 0).
+template <class T>
+void router_backward(T* dlogits, const float* dgate, const T* logits, const float* probs,
+                     const int32_t* topk_idx, const int64_t* counts, int N, int E, int k, bool renormalize,
+                     float aux_scale, float z_scale, cudaStream_t stream);
+
+SCMOE_CUDA_END

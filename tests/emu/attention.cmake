@@ -1,0 +1,1 @@
+set(SCMOE_EMU_DEPS_attention matmul)

@@ -1,0 +1,188 @@
+// Router kernels vs the CPU reference (kernels/cpu/router.h, run in double): softmax probabilities,
+// top-k indices (exactly equal on inputs without near-ties, and on exact ties: lower expert first),
+// renormalised gates, counts, pmean, aux and z losses, and dlogits; fp32 and bf16 logits.
+#include "kernels/cpu/router.h"
+
+#include <cstdio>
+#include <numeric>
+
+#include "kernels/cuda/router.h"
+#include "tests/emu/kernel_test.h"
+
+namespace {
+using I32 = std::vector<int32_t>;
+using I64 = std::vector<int64_t>;
+using D = std::vector<double>;
+
+// Rows whose logits are E distinct levels, shuffled: neighbours differ by >= 3/E in the logit (>= 1%
+// in probability for E <= 256), far above fp32 rounding, so the device's top-k must equal the CPU's.
+std::vector<float> distinct_logits(int N, int E, uint64_t seed) {
+  scmoe::Rng r(seed);
+  std::vector<float> l((size_t)N * E);
+  std::vector<int> perm(E);
+  for (int n = 0; n < N; n++) {
+    std::iota(perm.begin(), perm.end(), 0);
+    for (int i = E - 1; i > 0; i--) std::swap(perm[i], perm[r.next_u64() % (i + 1)]);
+    for (int e = 0; e < E; e++)
+      l[(size_t)n * E + e] = -2.f + 4.f * (perm[e] + 0.25f * float(r.uniform())) / E;
+  }
+  return l;
+}
+
+struct Ref {
+  D probs, gate, pmean;
+  I32 idx;
+  I64 counts;
+  scmoe::cpu::RouterLosses losses;
+};
+Ref cpu_forward(const std::vector<float>& logits, int N, int E, int k, bool renorm) {
+  Ref r{D((size_t)N * E), D((size_t)N * k), D(E), I32((size_t)N * k), I64(E), {}};
+  D l(logits.begin(), logits.end());
+  r.losses = scmoe::cpu::router_forward(l.data(), N, E, k, renorm, r.probs.data(), r.idx.data(),
+                                        r.gate.data(), r.pmean.data(), r.counts.data());
+  return r;
+}
+
+struct Dev {
+  std::vector<float> probs, gate, pmean, losses, dlogits;
+  I32 idx;
+  I64 counts;
+};
+// Device forward then backward (dgate, aux_scale, z_scale); T is the logits' storage type.
+template <class T>
+Dev device_run(const std::vector<T>& logits, int N, int E, int k, bool renorm,
+               const std::vector<float>& dgate, float aux_scale, float z_scale) {
+  kt::Buf<T> dl(logits), ddl((size_t)N * E);
+  kt::Buf<float> probs((size_t)N * E), gate((size_t)N * k), pmean(E), losses(2), ddg(dgate);
+  kt::Buf<float> ws((scmoe::cuda::router_forward_workspace_bytes(N, E) + 3) / 4);
+  kt::Buf<int32_t> idx((size_t)N * k);
+  kt::Buf<int64_t> counts(E);
+  scmoe::cuda::router_forward(dl.get(), N, E, k, renorm, probs.get(), idx.get(), gate.get(), pmean.get(),
+                              counts.get(), losses.get(), ws.get(), nullptr);
+  scmoe::cuda::router_backward(ddl.get(), ddg.get(), dl.get(), probs.get(), idx.get(), counts.get(), N, E, k,
+                               renorm, aux_scale, z_scale, nullptr);
+  kt::sync();
+  return {
+      probs.download(), gate.download(),  pmean.download(), losses.download(), kt::to_floats(ddl.download()),
+      idx.download(),   counts.download()};
+}
+
+// The CPU backward on the device's own forward outputs, so that it checks the backward alone.
+D cpu_backward(const std::vector<float>& logits, const Dev& d, const std::vector<float>& dgate, int N, int E,
+               int k, bool renorm, double aux_scale, double z_scale) {
+  D out((size_t)N * E), l(logits.begin(), logits.end()), p(d.probs.begin(), d.probs.end()),
+      dg(dgate.begin(), dgate.end());
+  scmoe::cpu::router_backward(out.data(), dg.data(), l.data(), p.data(), d.idx.data(), d.counts.data(), N, E,
+                              k, renorm, aux_scale, z_scale);
+  return out;
+}
+
+// Forward values and indices of `got` against the reference. fp32 softmax from identical inputs: a
+// few ulps of relative error on probabilities and gates, ~N ulps on the pmean / loss sums.
+void compare_forward(const std::string& tag, const Dev& got, const Ref& ref, int N) {
+  kt::expect_close(tag + " probs", got.probs, ref.probs, 1e-5, 1e-9);
+  kt::expect_equal(tag + " topk_idx", got.idx, ref.idx);
+  kt::expect_close(tag + " topk_gate", got.gate, ref.gate, 1e-5, 1e-9);
+  kt::expect_equal(tag + " counts", got.counts, ref.counts);
+  kt::expect_close(tag + " pmean", got.pmean, ref.pmean, 1e-5, 1e-8);
+  kt::expect_close(tag + " losses", got.losses, D{ref.losses.aux, ref.losses.z}, 1e-5 + 1e-7 * N, 1e-7);
+}
+
+void test_case(int N, int E, int k, bool renorm, float aux_scale, float z_scale) {
+  const std::string tag = "N=" + std::to_string(N) + " E=" + std::to_string(E) + " k=" + std::to_string(k) +
+                          (renorm ? " renorm" : "");
+  const std::vector<float> logits = distinct_logits(N, E, 1000 + N * 31 + E * 7 + k);
+  const std::vector<float> dgate = kt::random_vec((size_t)N * k, 77 + N + E);
+  const Ref ref = cpu_forward(logits, N, E, k, renorm);
+  kt::for_each_schedule(3, [&](int) {
+    Dev d = device_run(logits, N, E, k, renorm, dgate, aux_scale, z_scale);
+    compare_forward("router fp32 " + tag, d, ref, N);
+    // dlogits = p (dp - p.dp + zc) with terms of order 1: fp32 cancellation leaves ~1e-7 absolute.
+    kt::expect_close("router_backward fp32 " + tag, d.dlogits,
+                     cpu_backward(logits, d, dgate, N, E, k, renorm, aux_scale, z_scale), 1e-5, 1e-6);
+  });
+  // bf16 logits: the reference sees the same rounded logits (rounding may create exact ties, which
+  // both sides break towards the lower index). Probabilities stay fp32; dlogits is stored in bf16,
+  // so it is within 2^-8 relative (plus the fp32 slack).
+  const std::vector<kt::bf16> lb = kt::to_bf16(logits);
+  const std::vector<float> lbf = kt::to_floats(lb);
+  const Ref refb = cpu_forward(lbf, N, E, k, renorm);
+  Dev d = device_run(lb, N, E, k, renorm, dgate, aux_scale, z_scale);
+  compare_forward("router bf16 " + tag, d, refb, N);
+  kt::expect_close("router_backward bf16 " + tag, d.dlogits,
+                   cpu_backward(lbf, d, dgate, N, E, k, renorm, aux_scale, z_scale), 1.0 / 128, 2e-6);
+}
+
+// Exact ties go to the lower expert; an all-NaN row still yields the k lowest experts, as on the CPU.
+void test_ties() {
+  const int E = 7, k = 3, N = 4;
+  const float nan = std::nanf("");
+  std::vector<float> l = {
+      0,   0,   0,   0,    0,   0,    0,    // all equal: 0, 1, 2
+      0,   0,   1,   0,    0,   1,    0,    // two maxima: 2, 5, then 0
+      -1,  2,   -1,  0.5f, -1,  0.5f, 2,    // pairs of ties: 1, 6, 3
+      nan, nan, nan, nan,  nan, nan,  nan,  // NaN: 0, 1, 2
+  };
+  const I32 want = {0, 1, 2, 2, 5, 0, 1, 6, 3, 0, 1, 2};
+  for (bool renorm : {false, true}) {
+    Ref ref = cpu_forward(l, N, E, k, renorm);
+    CHECK(ref.idx == want);
+    kt::for_each_schedule(3, [&](int) {
+      Dev d = device_run(l, N, E, k, renorm, std::vector<float>(N * k, 0.5f), 0.f, 0.f);
+      kt::expect_equal("router ties topk_idx", d.idx, want);
+      kt::expect_equal("router ties counts", d.counts, ref.counts);
+      // the finite rows' values
+      kt::expect_close("router ties gate", std::vector<float>(d.gate.begin(), d.gate.begin() + 9),
+                       D(ref.gate.begin(), ref.gate.begin() + 9), 1e-6, 1e-9);
+      kt::expect_close("router ties probs", std::vector<float>(d.probs.begin(), d.probs.begin() + 21),
+                       D(ref.probs.begin(), ref.probs.begin() + 21), 1e-6, 1e-9);
+    });
+  }
+}
+
+void test_limits() {
+  kt::Buf<float> l(300 * 2), p(300 * 2), g(2), pm(300), losses(2), ws(4096);
+  kt::Buf<int32_t> idx(2);
+  kt::Buf<int64_t> counts(300);
+  CHECK_THROWS_WITH(scmoe::cuda::router_forward(l.get(), 2, 300, 1, false, p.get(), idx.get(), g.get(),
+                                                pm.get(), counts.get(), losses.get(), ws.get(), nullptr),
+                    "limit of 256");
+  CHECK_THROWS_WITH(scmoe::cuda::router_forward(l.get(), 2, 4, 5, false, p.get(), idx.get(), g.get(),
+                                                pm.get(), counts.get(), losses.get(), ws.get(), nullptr),
+                    "1 <= k <= E");
+}
+
+// No tokens: zero losses, counts and pmean (and nothing to launch for the rows).
+void test_empty() {
+  const int E = 5;
+  kt::Buf<float> pm(std::vector<float>(E, 7.f)), losses(std::vector<float>{7.f, 7.f});
+  kt::Buf<int64_t> counts(I64(E, 7));
+  scmoe::cuda::router_forward<float>(nullptr, 0, E, 2, true, nullptr, nullptr, nullptr, pm.get(),
+                                     counts.get(), losses.get(), nullptr, nullptr);
+  kt::sync();
+  kt::expect_equal("router N=0 pmean", pm.download(), std::vector<float>(E, 0.f));
+  kt::expect_equal("router N=0 counts", counts.download(), I64(E, 0));
+  kt::expect_equal("router N=0 losses", losses.download(), std::vector<float>{0.f, 0.f});
+}
+}  // namespace
+
+int main() {
+  kt::require_device();
+  test_case(1, 1, 1, false, 0.7f, 0.3f);
+  test_case(37, 4, 2, true, 0.7f, 0.3f);
+  test_case(37, 7, 3, false, 0.7f, 0.0f);
+  test_case(37, 7, 3, true, 1.3f, 0.9f);
+  test_case(61, 16, 2, true, 0.01f, 0.001f);
+  test_case(45, 33, 1, false, 0.7f, 0.3f);  // two experts per lane, partly filled
+  test_case(19, 100, 3, true, 0.7f, 0.3f);  // four per lane
+  test_case(11, 256, 2, true, 0.7f, 0.3f);  // the limit: eight per lane
+  // More rows than the grid has warps (as for N > 2048 by default): each warp loops over several rows.
+  scmoe::cuda::router_testing_set_block_cap(3);
+  test_case(77, 5, 2, true, 0.7f, 0.3f);
+  test_case(90, 40, 3, false, 0.7f, 0.3f);
+  scmoe::cuda::router_testing_set_block_cap(0);
+  test_ties();
+  test_limits();
+  test_empty();
+  TEST_MAIN_END();
+}
