@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <type_traits>
 
 #include "comm/communicator.h"
 #include "core/device.h"
@@ -23,6 +24,9 @@
 #include "train/checkpoint_dir.h"
 #include "train/metrics.h"
 #include "train/moe_metrics.h"
+#ifdef SCMOE_HAVE_CUDA
+#include "model/gpt_cuda.h"
+#endif
 
 namespace fs = std::filesystem;
 
@@ -54,6 +58,34 @@ void write_text_file(const std::string& path, const std::string& text) {
   SCMOE_CHECK_IO(f.good(), path, "cannot write");
 }
 
+// The model on the CUDA backend, seen by the loop: the CPU model (model_) keeps the parameter table and
+// host copies of weights and moments, which checkpoints read and write; the device holds the live ones.
+struct DeviceModel {
+  virtual ~DeviceModel() = default;
+  virtual void upload(const float* params, const float* m, const float* v) = 0;
+  virtual void download(float* params, float* m, float* v) = 0;
+  virtual void zero_grad() = 0;
+  virtual float forward(const int32_t* in, const int32_t* tg, float grad_scale) = 0;
+  virtual void backward() = 0;
+  virtual float step(double lr, int64_t t) = 0;  // clip + AdamW; returns the gradient norm
+  virtual size_t device_bytes() const = 0;
+};
+
+#ifdef SCMOE_HAVE_CUDA
+template <class S>
+struct CudaModel : DeviceModel {
+  cuda::GptCuda<S> g;
+  CudaModel(const Config& cfg, const ParamTable& t, int B) : g(cfg, t, B) {}
+  void upload(const float* p, const float* m, const float* v) override { g.set_params(p), g.set_moments(m, v); }
+  void download(float* p, float* m, float* v) override { g.get_params(p), g.get_moments(m, v); }
+  void zero_grad() override { g.zero_grad(); }
+  float forward(const int32_t* in, const int32_t* tg, float s) override { return g.forward(in, tg, s); }
+  void backward() override { g.backward(); }
+  float step(double lr, int64_t t) override { return g.step(lr, t); }
+  size_t device_bytes() const override { return g.param_bytes() + g.activation_bytes(); }
+};
+#endif
+
 template <class T>
 class Trainer {
  public:
@@ -62,10 +94,19 @@ class Trainer {
 
  private:
   void setup();
+  void make_device_model();
+  // Host copies <-> the device model (checkpoints read and write the host copies); float32 runs only.
+  void upload_to_device() {
+    if constexpr (std::is_same<T, float>::value) device_->upload(model_->params(), optim_->m().data(), optim_->v().data());
+  }
+  void download_from_device() {
+    if constexpr (std::is_same<T, float>::value) device_->download(model_->params(), optim_->m().data(), optim_->v().data());
+  }
   void resume_from(const std::string& dir);
   double evaluate();
   void save_checkpoint();
   bool train_step();  // false when the loss is not finite
+  bool device_step(float grad_scale);
   void reduce_gradients();
   double reduce_mean(double local);  // mean over ranks
   bool any_rank(bool flag);
@@ -78,6 +119,7 @@ class Trainer {
   std::unique_ptr<Communicator> comm_;  // null for a single process
   std::unique_ptr<GPT<T>> model_;
   std::unique_ptr<AdamW<T>> optim_;
+  std::unique_ptr<DeviceModel> device_;  // train.device cuda: the live model (model_ holds host copies)
   std::unique_ptr<DataLoader> train_data_, val_data_;
   std::unique_ptr<MetricsWriter> metrics_;
   std::vector<int32_t> inputs_, targets_;
@@ -94,10 +136,20 @@ template <class T>
 void Trainer<T>::setup() {
   std::string notice;
   Device dev = select_device(cfg_.train.device, &notice);
-  SCMOE_CHECK(dev == Device::cpu || cfg_.train.device == "auto",
-              "train.device: cuda: " << notice << ", but the CUDA training kernels are not written yet; "
-                                     "use train.device=cpu (or auto)");
-  if (dev == Device::cuda) notice += ", but the CUDA training kernels are not written yet: using cpu";
+  // The CUDA backend trains the dense model in one process so far; auto falls back to the CPU for
+  // the rest, an explicit `cuda` is an error naming what is missing.
+  std::string unsupported;
+  if (cfg_.model.arch != "dense") unsupported = "model.arch " + cfg_.model.arch + " (the MoE family)";
+  else if (read_process_group_env().world_size > 1) unsupported = "several processes";
+  else if (cfg_.train.dtype != "float32") unsupported = "train.dtype " + cfg_.train.dtype;
+  if (dev == Device::cuda && !unsupported.empty()) {
+    SCMOE_CHECK(cfg_.train.device == "auto", "train.device cuda: " << unsupported
+                                                 << " is not on the CUDA backend yet; use train.device cpu");
+    notice += ", but " + unsupported + " is not on the CUDA backend yet: using cpu";
+    dev = Device::cpu;
+  }
+  SCMOE_CHECK(dev == Device::cuda || cfg_.train.precision == "fp32",
+              "train.precision " << cfg_.train.precision << " needs the CUDA backend (this run uses cpu)");
   log_info("%s", notice.c_str());
   if (cfg_.train.threads > 0) omp_set_num_threads(cfg_.train.threads);
   env_ = read_process_group_env();
@@ -119,16 +171,25 @@ void Trainer<T>::setup() {
                 " x model.seq_len x world size (" << micro_tokens << ")");
     grad_accum_ = int(tc.global_batch_tokens / micro_tokens);
   }
-  model_ = std::make_unique<GPT<T>>(cfg_, tc.batch_size, comm_.get());
+  // On cuda the CPU model only holds the table and host copies: a micro-batch of one keeps its
+  // activation arena small.
+  model_ = std::make_unique<GPT<T>>(cfg_, dev == Device::cuda ? 1 : tc.batch_size, comm_.get());
   model_->init(tc.seed);
   optim_ = std::make_unique<AdamW<T>>(cfg_.optim, model_->table());
+  if (dev == Device::cuda) make_device_model();
   rng_ = Rng(hash_string("train-rng", tc.seed));
   inputs_.resize(size_t(tc.batch_size) * cfg_.model.seq_len);
   targets_.resize(inputs_.size());
-  log_info("model: %s, %zu parameters (%.2f M), activations %.1f MiB for micro-batch %d x %d, dtype %s, %d threads",
-           cfg_.model.arch.c_str(), model_->num_params(), model_->num_params() / 1e6,
-           model_->activation_bytes() / 1048576.0, tc.batch_size, cfg_.model.seq_len, tc.dtype.c_str(),
-           omp_get_max_threads());
+  if (device_)
+    log_info("model: %s, %zu parameters (%.2f M) on cuda, precision %s, device memory %.1f MiB (weights, "
+             "gradients, AdamW state, activations for micro-batch %d x %d)",
+             cfg_.model.arch.c_str(), model_->num_params(), model_->num_params() / 1e6, tc.precision.c_str(),
+             device_->device_bytes() / 1048576.0, tc.batch_size, cfg_.model.seq_len);
+  else
+    log_info("model: %s, %zu parameters (%.2f M), activations %.1f MiB for micro-batch %d x %d, dtype %s, %d threads",
+             cfg_.model.arch.c_str(), model_->num_params(), model_->num_params() / 1e6,
+             model_->activation_bytes() / 1048576.0, tc.batch_size, cfg_.model.seq_len, tc.dtype.c_str(),
+             omp_get_max_threads());
   log_info("batch: %d seq x %d tokens x %d ranks x %d accumulation = %lld tokens per step", tc.batch_size,
            cfg_.model.seq_len, world_, grad_accum_, (long long)(micro_tokens * grad_accum_));
 
@@ -138,6 +199,21 @@ void Trainer<T>::setup() {
     train_data_ = std::make_unique<DataLoader>(cfg_.data.train, "data.train", cfg_.model.seq_len,
                                                cfg_.model.vocab_size, cfg_.data.shuffle, tc.seed);
   ckpt_root_ = (fs::path(tc.out_dir) / "checkpoints").string();
+}
+
+template <class T>
+void Trainer<T>::make_device_model() {
+#ifdef SCMOE_HAVE_CUDA
+  if constexpr (std::is_same<T, float>::value) {
+    const int B = cfg_.train.batch_size;
+    if (cfg_.train.precision == "bf16") device_ = std::make_unique<CudaModel<cuda::bf16>>(cfg_, model_->table(), B);
+    else device_ = std::make_unique<CudaModel<float>>(cfg_, model_->table(), B);
+    upload_to_device();
+    return;
+  }
+#endif
+  SCMOE_FAIL("train.device cuda: this build has no CUDA backend (configure with -DSCMOE_CUDA=ON) or the run is "
+             "not float32");
 }
 
 template <class T>
@@ -166,6 +242,7 @@ void Trainer<T>::resume_from(const std::string& dir) {
   optim_->set_t(state_.adam_t);
   rng_.state = state_.rng_state;
   if (train_data_) train_data_->set_state({state_.data_epoch, state_.data_cursor});
+  if (device_) upload_to_device();
   log_info("resumed from %s at step %lld", dir.c_str(), (long long)state_.step);
 }
 
@@ -176,7 +253,8 @@ double Trainer<T>::evaluate() {
   for (int i = 0; i < cfg_.train.eval_batches; i++) {
     val_data_->next_batch(cfg_.train.batch_size, rank_, world_, inputs_.data(), targets_.data());
     double t0 = now_ms();
-    sum += model_->forward(inputs_.data(), targets_.data(), T(0));
+    sum += device_ ? device_->forward(inputs_.data(), targets_.data(), 0.f)
+                   : model_->forward(inputs_.data(), targets_.data(), T(0));
     forward_ms += now_ms() - t0;
   }
   last_eval_ms_ = forward_ms / cfg_.train.eval_batches;  // a forward-only (inference) pass per batch
@@ -186,6 +264,7 @@ double Trainer<T>::evaluate() {
 
 template <class T>
 void Trainer<T>::save_checkpoint() {
+  if (device_) download_from_device();
   state_.adam_t = optim_->t();
   state_.rng_state = rng_.state;
   LoaderState ls = train_data_->state();
@@ -237,6 +316,7 @@ bool Trainer<T>::train_step() {
   const int B = cfg_.train.batch_size;
   // Each rank's gradients are scaled by its share of the global batch, so their sum is the mean.
   const T grad_scale = T(1.0 / (double(B) * cfg_.model.seq_len * grad_accum_ * world_));
+  if (device_) return device_step(grad_scale);
   model_->zero_grad();
   double loss = 0;
   moe_stats_.reset();
@@ -263,6 +343,29 @@ bool Trainer<T>::train_step() {
   if (cfg_.optim.grad_clip > 0 && last_norm_ > cfg_.optim.grad_clip) mult = cfg_.optim.grad_clip / last_norm_;
   last_lr_ = lr_at(cfg_.optim, cfg_.train.max_steps, state_.step);
   optim_->step(model_->params(), model_->grads(), last_lr_, mult);
+  state_.step++;
+  state_.tokens_seen += int64_t(B) * cfg_.model.seq_len * world_ * grad_accum_;
+  return true;
+}
+
+// One step on the CUDA backend: micro-batches accumulate gradients on the device; clipping and AdamW run
+// there too (single process, so nothing to reduce).
+template <class T>
+bool Trainer<T>::device_step(float grad_scale) {
+  const int B = cfg_.train.batch_size;
+  device_->zero_grad();
+  double loss = 0;
+  moe_stats_.reset();
+  for (int micro = 0; micro < grad_accum_; micro++) {
+    train_data_->next_batch(B, rank_, world_, inputs_.data(), targets_.data());
+    loss += device_->forward(inputs_.data(), targets_.data(), grad_scale) / grad_accum_;
+    device_->backward();
+  }
+  last_loss_ = loss;
+  if (!std::isfinite(last_loss_)) return false;
+  last_lr_ = lr_at(cfg_.optim, cfg_.train.max_steps, state_.step);
+  optim_->set_t(optim_->t() + 1);
+  last_norm_ = device_->step(last_lr_, optim_->t());
   state_.step++;
   state_.tokens_seen += int64_t(B) * cfg_.model.seq_len * world_ * grad_accum_;
   return true;

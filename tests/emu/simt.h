@@ -135,18 +135,21 @@ inline void run_block() {
     f.ctx.uc_link = nullptr;
     makecontext(&f.ctx, fiber_entry, 0);
   }
-  std::vector<int> order(n);
+  std::vector<int> order(n), later;
   const int nwarps = (n + warpSize - 1) / warpSize;
-  for (;;) {
-    order.clear();
+  // Slow warps: after each block barrier one warp may be held back for several rounds (as a warp that
+  // lost the scheduler's favour would be), so a fast warp can go through warp collectives and write
+  // shared memory that the slow warp has yet to read — the race a reused, single-buffered scratch has
+  // without its trailing barrier. Within a round, a quarter of the ready threads also sit out.
+  std::vector<int> slow_until(nwarps, 0);
+  for (int round = 0;; round++) {
+    order.clear(), later.clear();
     for (int i = 0; i < n; i++)
-      if (s.fibers[i].wait == Wait::none) order.push_back(i);
+      if (s.fibers[i].wait == Wait::none) (slow_until[i / warpSize] > round ? later : order).push_back(i);
+    if (order.empty()) order.swap(later);  // only slow warps left: let them go
     std::shuffle(order.begin(), order.end(), s.rng);
-    // A quarter of the ready threads sit this round out (at least one runs): a slow warp then lags a
-    // whole round behind the others, so a write after a warp collective can land before a slower
-    // warp's read of the old value — the race a reused, single-buffered scratch has on a GPU.
-    const size_t deferred = order.size() > 1 ? order.size() / 4 : 0;
-    order.resize(order.size() - deferred);
+    size_t deferred = later.size() + (order.size() > 1 ? order.size() / 4 : 0);
+    order.resize(order.size() - (order.size() > 1 ? order.size() / 4 : 0));
     for (int i : order) {
       s.cur = &s.fibers[i];
 #ifdef SIMT_ASAN
@@ -170,6 +173,7 @@ inline void run_block() {
     if (at_block == live) {
       for (int i = 0; i < n; i++)
         if (s.fibers[i].wait == Wait::block) s.fibers[i].wait = Wait::none;
+      if (nwarps > 1 && s.rng() % 2) slow_until[s.rng() % nwarps] = round + 1 + int(s.rng() % 400);
       continue;
     }
     for (int w = 0; w < nwarps; w++) {

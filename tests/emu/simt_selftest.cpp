@@ -28,6 +28,27 @@ __global__ void block_sum_kernel(float* out, const float* in, int n) {
   if (threadIdx.x == 0) out[blockIdx.x] = v;
 }
 
+// block_sum without its trailing barrier: a warp that finishes a reduction can overwrite the shared
+// scratch with its next partial sum while a slower warp still reads the previous round's partials.
+__device__ float block_sum_missing_trailing_barrier(float v, float* scratch) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
+  v = warp_sum(v);
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  v = lane < nwarps ? scratch[lane] : 0.f;
+  return warp_sum(v);
+}
+
+// Several reductions in a row through the same scratch (like a norm over rows).
+__global__ void repeated_sums_kernel(float* out, const float* in, int rounds, bool trailing_barrier) {
+  __shared__ float scratch[32];
+  for (int r = 0; r < rounds; r++) {
+    float v = in[r * blockDim.x + threadIdx.x];
+    v = trailing_barrier ? block_sum(v, scratch) : block_sum_missing_trailing_barrier(v, scratch);
+    if (threadIdx.x == 0) out[r] = v;
+  }
+}
+
 __global__ void shuffles_kernel(int* out) {
   const int l = threadIdx.x % 32;
   int* o = out + threadIdx.x * 5;
@@ -70,6 +91,24 @@ int main() {
   });
   std::printf("missing barrier: wrong result under %d of 4 schedules\n", wrong);
   CHECK(wrong > 0);
+
+  {
+    const int rounds = 6, threads = 128;
+    std::vector<float> x(rounds * threads);
+    std::vector<float> want(rounds, 0.f);
+    for (int r = 0; r < rounds; r++)
+      for (int t = 0; t < threads; t++) x[r * threads + t] = float((r + 1) * 1000 + t), want[r] += x[r * threads + t];
+    int wrong_missing = 0;
+    kt::for_each_schedule(8, [&](int) {
+      kt::Buf<float> dx(x), d_ok(rounds), d_bad(rounds);
+      launch(repeated_sums_kernel, 1, threads, 0, nullptr, d_ok.get(), dx.get(), rounds, true);
+      kt::expect_equal("repeated block sums", d_ok.download(), want);
+      launch(repeated_sums_kernel, 1, threads, 0, nullptr, d_bad.get(), dx.get(), rounds, false);
+      if (d_bad.download() != want) wrong_missing++;
+    });
+    std::printf("reused scratch without trailing barrier: wrong under %d of 8 schedules\n", wrong_missing);
+    CHECK(wrong_missing > 0);
+  }
 
   for (int len : {1, 33, 1000}) {
     std::vector<float> x = kt::random_vec(len, len);

@@ -1,0 +1,139 @@
+// Whole-model test of the CUDA backend: GptCuda (fp32 and bf16) against the CPU backend's GPT<float>
+// on the same weights and tokens — the loss, every gradient, and three AdamW steps with clipping.
+// Emulated in CI (every kernel of a training step runs under the SIMT emulation), native with a GPU.
+// Tolerances: fp32 loss 1e-5 relative, gradients 2e-3 of the tensor's largest gradient (summation
+// orders differ: cuBLAS/tiled GEMMs, two-stage reductions), parameters after 3 steps 1e-5 absolute
+// (lr 1e-3, so a step moves a weight by ~1e-3); bf16: loss within 3% (bf16 keeps 8 mantissa bits).
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "core/rng.h"
+#include "model/gpt.h"
+#include "model/gpt_cuda.h"
+#include "optim/adamw.h"
+#include "tests/emu/kernel_test.h"
+
+using namespace scmoe;
+
+namespace {
+
+// After one AdamW step from the same state. Adam divides by sqrt(v): where a gradient is tiny, a
+// difference in its last digits changes the step's size, so a few weights may differ by up to one step
+// (lr). Bound all by one step's worth, and require nearly all to agree to 1e-5.
+void check_params(const char* label, const cuda::GptCuda<float>& gpu, GPT<float>& cpu, double lr) {
+  const size_t P = cpu.table().total();
+  std::vector<float> p(P);
+  gpu.get_params(p.data());
+  size_t close = 0;
+  double worst = 0;
+  for (size_t i = 0; i < P; i++) {
+    double d = std::fabs(double(p[i]) - cpu.params()[i]);
+    close += d <= 1e-5;
+    worst = std::max(worst, d);
+  }
+  std::printf("  %s parameters after one step: %zu of %zu within 1e-5, worst %.3g (lr %g)\n", label, close, P,
+              worst, lr);
+  CHECK(close >= P * 99 / 100);
+  CHECK(worst <= 1.01 * lr);
+}
+
+struct Case {
+  const char* label;
+  std::vector<std::string> sets;
+  int attention;  // GptCuda's attention path: 0 GEMM + softmax, 1 flash
+};
+
+void check(const Case& c) {
+  std::vector<std::string> base = {"model.arch=dense", "model.n_layer=2", "model.d_model=32", "model.n_head=2",
+                                   "model.d_ff=40", "model.seq_len=9", "model.vocab_size=37", "train.batch_size=2",
+                                   "optim.lr=1e-3", "optim.grad_clip=0.5", "optim.weight_decay=0.1",
+                                   "model.init_std=0.2"};
+  base.insert(base.end(), c.sets.begin(), c.sets.end());
+  Config cfg = load_config("", base);
+  const int B = cfg.train.batch_size, N = B * cfg.model.seq_len, V = cfg.model.vocab_size;
+  GPT<float> cpu(cfg, B);
+  cpu.init(11);
+  Rng r(5);
+  for (const auto& s : cpu.table().specs())  // norms and biases away from 1 and 0, so their gradients matter
+    if (!s.decay)
+      for (size_t i = 0; i < s.numel; i++) cpu.params()[s.offset + i] += float(0.2 * r.normal());
+  const size_t P = cpu.table().total();
+  std::vector<float> init(cpu.params(), cpu.params() + P);
+  cuda::GptCuda<float> gpu(cfg, cpu.table(), B, nullptr, c.attention);
+  cuda::GptCuda<cuda::bf16> gpu16(cfg, cpu.table(), B, nullptr, c.attention);
+  gpu.set_params(init.data());
+  gpu16.set_params(init.data());
+  std::printf("%s: %zu parameters, device activations %zu KiB (fp32), %zu KiB (bf16) [%s]\n", c.label, P,
+              gpu.activation_bytes() / 1024, gpu16.activation_bytes() / 1024, kt::mode());
+
+  AdamW<float> opt(cfg.optim, cpu.table());
+  std::vector<int32_t> in(N), tg(N);
+  for (int step = 1; step <= 3; step++) {
+    for (int i = 0; i < N; i++) in[i] = int32_t(r.next_u64() % V), tg[i] = int32_t(r.next_u64() % V);
+    const float scale = 1.0f / N;
+    cpu.zero_grad(), gpu.zero_grad(), gpu16.zero_grad();
+    double l_cpu = cpu.forward(in.data(), tg.data(), scale);
+    cpu.backward();
+    double l_gpu = gpu.forward(in.data(), tg.data(), scale);
+    gpu.backward();
+    double l_16 = gpu16.forward(in.data(), tg.data(), scale);
+    gpu16.backward();
+    std::printf("  step %d loss cpu %.7f cuda-fp32 %.7f cuda-bf16 %.5f\n", step, l_cpu, l_gpu, l_16);
+    // From step 2 on the weights differ by the optimizer's rounding (check_params): looser loss check.
+    CHECK_NEAR(l_gpu, l_cpu, (step == 1 ? 1e-5 : 1e-3) * std::fabs(l_cpu));
+    CHECK_NEAR(l_16, l_cpu, 0.03 * std::fabs(l_cpu));
+    if (step == 1) {  // the same weights: every gradient
+      std::vector<float> g(P);
+      gpu.get_grads(g.data());
+      for (const auto& s : cpu.table().specs()) {
+        float gmax = 0;
+        for (size_t i = 0; i < s.numel; i++) gmax = std::max(gmax, std::fabs(cpu.grads()[s.offset + i]));
+        std::vector<float> got(g.begin() + s.offset, g.begin() + s.offset + s.numel);
+        std::vector<float> want(cpu.grads() + s.offset, cpu.grads() + s.offset + s.numel);
+        kt::expect_close(std::string(c.label) + " grad " + s.name, got, want, 0.0, 2e-3 * gmax + 1e-9);
+      }
+    }
+    // The CPU trainer's clipping, then AdamW on both sides.
+    double sq = 0;
+    for (const auto& s : cpu.table().specs()) {
+      double n = global_norm(cpu.grads() + s.offset, s.numel);
+      sq += n * n;
+    }
+    double norm = std::sqrt(sq), mult = norm > cfg.optim.grad_clip ? cfg.optim.grad_clip / norm : 1.0;
+    opt.step(cpu.params(), cpu.grads(), cfg.optim.lr, mult);
+    float gnorm = gpu.step(cfg.optim.lr, step);
+    gpu16.step(cfg.optim.lr, step);
+    CHECK_NEAR(gnorm, norm, (step == 1 ? 1e-4 : 1e-2) * norm);
+    if (step == 1) check_params(c.label, gpu, cpu, cfg.optim.lr);
+  }
+}
+
+}  // namespace
+
+int main() {
+  kt::require_device();
+  check({"dense layernorm, GEMM attention", {}, 0});
+  check({"dense rmsnorm, flash attention", {"model.norm=rmsnorm"}, 1});
+  // Checkpoint state round trip through the device buffers.
+  {
+    Config cfg = load_config("", {"model.n_layer=1", "model.d_model=16", "model.n_head=2", "model.seq_len=4",
+                                  "model.vocab_size=11", "train.batch_size=1"});
+    GPT<float> cpu(cfg, 1);
+    cpu.init(3);
+    const size_t P = cpu.table().total();
+    cuda::GptCuda<float> gpu(cfg, cpu.table(), 1);
+    std::vector<float> m(P), v(P), m2(P), v2(P), p2(P);
+    for (size_t i = 0; i < P; i++) m[i] = float(i) * 0.5f, v[i] = float(i) + 1;
+    gpu.set_params(cpu.params());
+    gpu.set_moments(m.data(), v.data());
+    gpu.get_moments(m2.data(), v2.data());
+    gpu.get_params(p2.data());
+    CHECK(m2 == m && v2 == v);
+    CHECK(std::equal(p2.begin(), p2.end(), cpu.params()));
+    CHECK_THROWS_WITH(cuda::GptCuda<float>(load_config("", {"model.arch=moe"}), cpu.table(), 1), "dense only");
+  }
+  TEST_MAIN_END();
+}
