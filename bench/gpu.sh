@@ -95,9 +95,9 @@ ARCH_TORCH[moe]="--arch moe --num-experts 8 --top-k 2 --every 2"
 ARCH_TORCH[shared_expert]="--arch shared_expert --num-experts 8 --top-k 1 --every 2"
 ARCH_TORCH[scmoe]="--arch scmoe --num-experts 8 --top-k 1 --every 2 --position 2 --combine cg1"
 OURS_CUDA=(dense)
-# OURS_CUDA+=(moe)            # once model.arch moe trains with train.device=cuda
-# OURS_CUDA+=(shared_expert)
-# OURS_CUDA+=(scmoe)
+OURS_CUDA+=(moe)
+OURS_CUDA+=(shared_expert)
+OURS_CUDA+=(scmoe)
 
 # ---- Is there a GPU? Decided before anything is built, so that a machine without one stops at once.
 export PATH="$PATH:/usr/local/cuda/bin"

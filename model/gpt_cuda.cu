@@ -1,7 +1,10 @@
-// The dense GPT on the CUDA backend (see gpt_cuda.h): the same computation as GPT<T> (model/gpt.cpp)
-// for model.arch dense, one kernel sequence per block, in the style of llm.c's train_gpt2.cu.
+// The GPT on the CUDA backend (see gpt_cuda.h): the same computation as GPT<T> (model/gpt.cpp, block.h,
+// moe.h), one kernel sequence per block in the style of llm.c's train_gpt2.cu, in the CPU model's
+// sequential order (single process: its overlapped schedule gives bit-identical results anyway).
 #include "model/gpt_cuda.h"
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <stdexcept>
 #include <type_traits>
@@ -13,9 +16,12 @@
 #include "kernels/cuda/device_memory.h"
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/encoder.h"
+#include "kernels/cuda/gates.h"
 #include "kernels/cuda/gelu.h"
 #include "kernels/cuda/matmul.h"
 #include "kernels/cuda/norm.h"
+#include "kernels/cuda/permute.h"
+#include "kernels/cuda/router.h"
 
 SCMOE_CUDA_BEGIN
 
@@ -48,15 +54,46 @@ size_t offset_of(const ParamTable& t, const std::string& name) {
 
 }  // namespace
 
+// How a block combines its shared expert (or MLP) with the routed experts (model/block.h).
+enum class CombineKind { add, cg1, cg2 };
+
 template <class T>
 struct GptCuda<T>::Layer {
-  // parameter offsets
-  size_t ln1_w, ln1_b = 0, qkv_w, qkv_b, proj_w, proj_b, ln2_w, ln2_b = 0, fc_w, fc_b, fcp_w, fcp_b;
+  // parameter offsets; fc/fcp: the dense MLP, or the shared expert of a MoE block
+  size_t ln1_w, ln1_b = 0, qkv_w, qkv_b, proj_w, proj_b, ln2_w, ln2_b = 0, fc_w = 0, fc_b = 0, fcp_w = 0,
+      fcp_b = 0;
   // saved activations
   T *ln1 = nullptr, *qkv = nullptr, *atty = nullptr, *a = nullptr, *ln2 = nullptr, *h = nullptr, *g = nullptr;
   T *tmp = nullptr;  // attention projection / MLP output before the residual add
   float *mean1 = nullptr, *rstd1 = nullptr, *mean2 = nullptr, *rstd2 = nullptr;
   AttentionBuffers<T> att;
+
+  // The feed-forward variant (model/block.h). has_mlp: the dense MLP or the shared expert, hidden size F.
+  bool has_mlp = true, moe = false;
+  int F = 0;
+  CombineKind combine = CombineKind::add;
+  int u_tap_for = -1;     // the MoE block whose routed branch reads this block's u (LN2 output)
+  int norm_tap_for = -1;  // the MoE block whose own norm reads this block's input
+  T* mlp_out = nullptr;   // the MLP / shared expert's output (saved when a combine gate reads it)
+  // combine gate (cg1: [1, C], cg2: [2, C], no bias): logits [N, 2] and the coefficients
+  size_t comb_w = 0;
+  T* gate_z = nullptr;
+  float* gate_coef = nullptr;
+  // The routed branch (moe.h): input tap, gate, experts, saved router and dispatch state.
+  int src = -1;           // the block whose u (or normalised input) the branch reads
+  bool own_norm = false;  // Pos-1/Pos-3: the branch normalises resid_[src] with its own norm
+  size_t mn_w = 0, mn_b = 0, gate_w = 0;
+  std::vector<size_t> efc_w, efc_b, efp_w, efp_b;  // per expert
+  T *moe_norm_out = nullptr, *moe_out = nullptr;
+  const T* moe_in = nullptr;
+  float *mn_mean = nullptr, *mn_rstd = nullptr;
+  T *logits = nullptr, *xe = nullptr, *eh = nullptr, *eg = nullptr, *ye = nullptr;
+  float *probs = nullptr, *topk_gate = nullptr;
+  int32_t *topk_idx = nullptr, *pos = nullptr;
+  int64_t* route_counts = nullptr;  // assignments per expert before capacity (router backward)
+  int64_t* stats = nullptr;         // [E + 2]: admitted rows per expert, dropped, the two losses (fp32)
+  std::vector<int64_t> rows;        // host copy of the admitted rows per expert (last forward)
+  int stat = -1;                    // index into moe_stats_
 };
 
 template <class T>
@@ -72,9 +109,34 @@ template <class T>
 GptCuda<T>::GptCuda(const Config& cfg, const ParamTable& table, int B, cudaStream_t stream, int attention)
     : mc_(cfg.model), oc_(cfg.optim), table_(table), B_(B), Tn_(cfg.model.seq_len), C_(cfg.model.d_model),
       V_(cfg.model.vocab_size), F_(cfg.model.d_ff), N_(B * cfg.model.seq_len), stream_(stream) {
-  SCMOE_CHECK(mc_.arch == "dense", "train.device cuda: model.arch " << mc_.arch
-                                       << " is not on the CUDA backend yet (dense only); use train.device cpu");
+  const std::string& arch = mc_.arch;
+  SCMOE_CHECK(arch == "dense" || arch == "moe" || arch == "shared_expert" || arch == "scmoe",
+              "model.arch: expected dense|moe|shared_expert|scmoe, got '" << arch << "'");
+  const MoeConfig& mo = cfg.moe;
+  SCMOE_CHECK(arch == "dense" || !mo.gate_noise,
+              "train.device cuda: moe.gate_noise is not on the CUDA backend yet; use train.device cpu or "
+              "moe.gate_noise=false");
   const bool rms = mc_.norm == "rmsnorm";
+  const int pos = cfg.scmoe.position;
+  if (arch != "dense") {  // as GPT<T>'s constructor (model/gpt.cpp), which built `table`
+    E_ = mo.num_experts;
+    k_ = mo.top_k > 0 ? mo.top_k : arch == "moe" ? 2 : 1;
+    Fe_ = mo.d_expert > 0 ? mo.d_expert : F_;
+    renormalize_ = mo.renormalize, aux_coef_ = mo.aux_loss_coef, z_coef_ = mo.z_loss_coef;
+    SCMOE_CHECK(k_ <= E_, "moe.top_k (" << k_ << ") must be <= moe.num_experts (" << E_ << ")");
+    SCMOE_CHECK(mo.every >= 1 && mo.every <= mc_.n_layer,
+                "moe.every (" << mo.every << ") must be in [1, model.n_layer=" << mc_.n_layer << "]");
+    SCMOE_CHECK(arch != "scmoe" || pos == 1 || mo.every >= 2,
+                "scmoe.position " << pos << " taps the preceding block, so moe.every must be >= 2");
+    // Rows per expert (MoE<T>::capacity() in one process); dropless when capacity_factor <= 0.
+    const double cf = mo.capacity_factor;
+    capacity_ = cf <= 0 ? int64_t(N_) * k_
+                        : std::min<int64_t>(int64_t(k_) * int64_t(std::ceil(cf * double(N_) / E_)), N_);
+  }
+  const CombineKind comb = arch != "scmoe"            ? CombineKind::add
+                           : cfg.scmoe.combine == "cg1" ? CombineKind::cg1
+                           : cfg.scmoe.combine == "cg2" ? CombineKind::cg2
+                                                        : CombineKind::add;
   layers_.resize(mc_.n_layer);
   for (int l = 0; l < mc_.n_layer; l++) {
     const std::string p = "blocks." + std::to_string(l);
@@ -84,9 +146,46 @@ GptCuda<T>::GptCuda(const Config& cfg, const ParamTable& table, int B, cudaStrea
     if (!rms) L.ln1_b = offset_of(table, p + ".ln1.bias"), L.ln2_b = offset_of(table, p + ".ln2.bias");
     L.qkv_w = offset_of(table, p + ".attn.qkv.weight"), L.qkv_b = offset_of(table, p + ".attn.qkv.bias");
     L.proj_w = offset_of(table, p + ".attn.proj.weight"), L.proj_b = offset_of(table, p + ".attn.proj.bias");
-    L.fc_w = offset_of(table, p + ".mlp.fc.weight"), L.fc_b = offset_of(table, p + ".mlp.fc.bias");
-    L.fcp_w = offset_of(table, p + ".mlp.proj.weight"), L.fcp_b = offset_of(table, p + ".mlp.proj.bias");
+    L.moe = arch != "dense" && (l + 1) % mo.every == 0;
+    L.F = L.moe ? Fe_ : F_;
+    L.has_mlp = !L.moe || arch != "moe";
+    const std::string mlp = p + (L.moe ? ".shared_expert" : ".mlp");
+    if (L.has_mlp) {
+      L.fc_w = offset_of(table, mlp + ".fc.weight"), L.fc_b = offset_of(table, mlp + ".fc.bias");
+      L.fcp_w = offset_of(table, mlp + ".proj.weight"), L.fcp_b = offset_of(table, mlp + ".proj.bias");
+    }
+    if (!L.moe) continue;
+    const bool sc = arch == "scmoe";
+    L.combine = sc ? comb : CombineKind::add;
+    if (L.combine != CombineKind::add) L.comb_w = offset_of(table, p + ".combine.weight");
+    L.own_norm = sc && pos != 2;
+    L.src = sc && pos != 1 ? l - 1 : l;
+    if (L.own_norm) {
+      L.mn_w = offset_of(table, p + ".moe.norm.weight");
+      if (!rms) L.mn_b = offset_of(table, p + ".moe.norm.bias");
+      layers_[L.src].norm_tap_for = l;
+    } else {
+      layers_[L.src].u_tap_for = l;
+    }
+    L.gate_w = offset_of(table, p + ".moe.gate.weight");
+    for (int e = 0; e < E_; e++) {
+      const std::string x = p + ".moe.experts." + std::to_string(e);
+      L.efc_w.push_back(offset_of(table, x + ".fc.weight")), L.efc_b.push_back(offset_of(table, x + ".fc.bias"));
+      L.efp_w.push_back(offset_of(table, x + ".proj.weight")), L.efp_b.push_back(offset_of(table, x + ".proj.bias"));
+    }
+    L.rows.assign(E_, 0);
+    L.stat = int(moe_stats_.size());
+    MoeLayerStats st;
+    st.layer = l;
+    st.tokens_per_expert.assign(E_, 0);
+    moe_stats_.push_back(st);
   }
+  host_stats_.assign(size_t(E_) + 2, 0);
+  // One routed branch's input gradient (dmoe_x_) is live from its backward to its tap's: the taps of
+  // two branches never interleave (a tap is the branch's own block or the one before it, and MoE
+  // blocks are moe.every >= 2 apart unless each taps itself).
+  for (int l = 0; l < mc_.n_layer; l++)
+    if (layers_[l].moe) SCMOE_CHECK(layers_[l].src == l || (l >= 1 && !layers_[l - 1].moe), "MoE tap layout");
   // The GEMM path runs its products on tensor cores but keeps B*H*T*T probabilities; the flash path
   // keeps none and runs on the SIMT cores. Auto takes flash only where the T x T matrices get large.
   const int hd = C_ / mc_.n_head;
@@ -128,19 +227,50 @@ void GptCuda<T>::layout(bool allocate) {
   targets_ = take<int32_t>(N_, allocate);
   resid_.assign(mc_.n_layer + 1, nullptr);
   for (auto& r : resid_) r = take<T>(NC, allocate);
+  const size_t NE = size_t(N_) * E_, Nk = size_t(N_) * k_;  // Nk: the most rows the experts can admit
   for (Layer& L : layers_) {
     L.ln1 = take<T>(NC, allocate), L.qkv = take<T>(3 * NC, allocate), L.atty = take<T>(NC, allocate);
     L.a = take<T>(NC, allocate), L.ln2 = take<T>(NC, allocate);
-    L.h = take<T>(size_t(N_) * F_, allocate), L.g = take<T>(size_t(N_) * F_, allocate);
+    if (L.has_mlp) L.h = take<T>(size_t(N_) * L.F, allocate), L.g = take<T>(size_t(N_) * L.F, allocate);
     L.mean1 = take<float>(N_, allocate), L.rstd1 = take<float>(N_, allocate);
     L.mean2 = take<float>(N_, allocate), L.rstd2 = take<float>(N_, allocate);
     L.att.saved = take<T>(as.saved, allocate), L.att.saved_f32 = take<float>(as.saved_f32, allocate);
+    if (!L.moe) continue;
+    if (L.combine != CombineKind::add) {
+      L.mlp_out = take<T>(NC, allocate);
+      L.gate_z = take<T>(size_t(N_) * 2, allocate), L.gate_coef = take<float>(size_t(N_) * 2, allocate);
+    }
+    if (L.combine == CombineKind::cg2) L.moe_out = take<T>(NC, allocate);  // cg2's backward reads it
+    if (L.own_norm) {
+      L.moe_norm_out = take<T>(NC, allocate);
+      L.mn_mean = take<float>(N_, allocate), L.mn_rstd = take<float>(N_, allocate);
+    }
+    L.logits = take<T>(NE, allocate), L.probs = take<float>(NE, allocate);
+    L.topk_idx = take<int32_t>(Nk, allocate), L.topk_gate = take<float>(Nk, allocate);
+    L.pos = take<int32_t>(Nk, allocate);
+    L.route_counts = take<int64_t>(E_, allocate), L.stats = take<int64_t>(size_t(E_) + 2, allocate);
+    L.xe = take<T>(Nk * C_, allocate), L.ye = take<T>(Nk * C_, allocate);
+    L.eh = take<T>(Nk * Fe_, allocate), L.eg = take<T>(Nk * Fe_, allocate);
   }
   att_scratch_ = take<T>(as.scratch, allocate);
   att_scratch_f32_ = take<float>(as.scratch_f32, allocate);
   for (Layer& L : layers_) L.att.scratch = att_scratch_, L.att.scratch_f32 = att_scratch_f32_, L.tmp = nullptr;
   T* tmp = take<T>(NC, allocate);
   for (Layer& L : layers_) L.tmp = tmp;
+  if (E_ > 0) {  // MoE scratch; the routed output of blocks that do not keep their own
+    moe_out_ = take<T>(NC, allocate);
+    dse_ = take<T>(NC, allocate), dmoe_y_ = take<T>(NC, allocate), dmoe_x_ = take<T>(NC, allocate);
+    dz_ = take<T>(size_t(N_) * 2, allocate);
+    dlogits_ = take<T>(NE, allocate), dgate_ = take<float>(Nk, allocate), pmean_ = take<float>(E_, allocate);
+    plan_offsets_ = take<int64_t>(size_t(E_) + 1, allocate);
+    dye_ = take<T>(Nk * C_, allocate), dxe_ = take<T>(Nk * C_, allocate);
+  }
+  for (size_t l = 0; l < layers_.size(); l++) {
+    Layer& L = layers_[l];
+    if (!L.moe) continue;
+    if (L.combine != CombineKind::cg2) L.moe_out = moe_out_;
+    L.moe_in = L.own_norm ? L.moe_norm_out : layers_[L.src].ln2;
+  }
   lnf_out_ = take<T>(NC, allocate);
   lnf_mean_ = take<float>(N_, allocate), lnf_rstd_ = take<float>(N_, allocate);
   logits_ = take<T>(size_t(N_) * V_, allocate);
@@ -148,9 +278,14 @@ void GptCuda<T>::layout(bool allocate) {
   norm_scratch_ = take<double>(grad_norm_scratch() + 1, allocate);
   dresid_ = take<T>(NC, allocate), dnorm_ = take<T>(NC, allocate), datty_ = take<T>(NC, allocate);
   dqkv_ = take<T>(3 * NC, allocate);
-  dh_ = take<T>(size_t(N_) * F_, allocate), dg_ = take<T>(size_t(N_) * F_, allocate);
+  // the MLP's (or shared expert's) hidden gradients, and the experts' (Nk rows of Fe)
+  const size_t hidden = std::max({size_t(N_) * F_, size_t(N_) * Fe_, Nk * Fe_});
+  dh_ = take<T>(hidden, allocate), dg_ = take<T>(hidden, allocate);
   workspace_bytes_ = std::max({norm_backward_workspace_bytes(N_, C_), encoder_backward_workspace_bytes(B_, Tn_, V_),
-                               bias_backward_workspace_bytes(N_, std::max(3 * C_, F_))});
+                               bias_backward_workspace_bytes(N_, std::max({3 * C_, F_, Fe_}))});
+  if (E_ > 0)
+    workspace_bytes_ = std::max({workspace_bytes_, router_forward_workspace_bytes(N_, E_),
+                                 dispatch_workspace_bytes(N_, k_, E_)});
   workspace_ = take<char>(workspace_bytes_, allocate);
 }
 
@@ -217,10 +352,46 @@ float GptCuda<T>::forward(const int32_t* inputs, const int32_t* targets, float g
     else
       fused_residual_layernorm_forward(L.a, L.ln2, L.mean2, L.rstd2, x, L.tmp, w + L.ln2_w, w + L.ln2_b, N, C,
                                        stream_);
-    matmul_forward(L.h, L.ln2, w + L.fc_w, w + L.fc_b, N, C, F_, stream_);
-    gelu_forward(L.g, L.h, int64_t(N) * F_, stream_);
-    matmul_forward(L.tmp, L.g, w + L.fcp_w, w + L.fcp_b, N, F_, C, stream_);
-    add(resid_[l + 1], L.a, L.tmp, int64_t(N) * C, stream_);
+    if (!L.moe) {  // dense
+      matmul_forward(L.h, L.ln2, w + L.fc_w, w + L.fc_b, N, C, F_, stream_);
+      gelu_forward(L.g, L.h, int64_t(N) * F_, stream_);
+      matmul_forward(L.tmp, L.g, w + L.fcp_w, w + L.fcp_b, N, F_, C, stream_);
+      add(resid_[l + 1], L.a, L.tmp, int64_t(N) * C, stream_);
+      continue;
+    }
+    // The routed branch (sequential: right after the attention, as the CPU model's plan runs it).
+    if (L.own_norm) {
+      if (rms) rmsnorm_forward(L.moe_norm_out, L.mn_rstd, resid_[L.src], w + L.mn_w, N, C, stream_);
+      else layernorm_forward(L.moe_norm_out, L.mn_mean, L.mn_rstd, resid_[L.src], w + L.mn_w, w + L.mn_b, N, C,
+                             stream_);
+    }
+    moe_forward(L, moe_stats_[L.stat]);
+    // The shared expert and the combine gate's logits (Block<T>::forward_ffn).
+    const int64_t NC = int64_t(N) * C;
+    T* se = L.mlp_out ? L.mlp_out : L.tmp;
+    if (L.has_mlp) {
+      matmul_forward(L.h, L.ln2, w + L.fc_w, w + L.fc_b, N, C, L.F, stream_);
+      gelu_forward(L.g, L.h, int64_t(N) * L.F, stream_);
+      matmul_forward(se, L.g, w + L.fcp_w, w + L.fcp_b, N, L.F, C, stream_);
+    }
+    if (L.combine != CombineKind::add)
+      matmul_forward(L.gate_z, L.ln2, w + L.comb_w, (const T*)nullptr, N, C, L.combine == CombineKind::cg1 ? 1 : 2,
+                     stream_);
+    // out = a + combined (Block<T>::forward_out)
+    T* out = resid_[l + 1];
+    if (L.combine == CombineKind::cg1) {
+      cg1_forward(L.tmp, L.gate_coef, L.gate_z, se, N, C, stream_);
+      add(out, L.a, L.tmp, NC, stream_);
+      add_inplace(out, L.moe_out, NC, stream_);
+    } else if (L.combine == CombineKind::cg2) {
+      cg2_forward(L.tmp, L.gate_coef, L.gate_z, se, L.moe_out, N, C, stream_);
+      add(out, L.a, L.tmp, NC, stream_);
+    } else if (L.has_mlp) {
+      add(out, L.a, se, NC, stream_);
+      add_inplace(out, L.moe_out, NC, stream_);
+    } else {
+      add(out, L.a, L.moe_out, NC, stream_);
+    }
   }
   const T* xf = resid_[mc_.n_layer];
   const size_t lnf_w = offset_of(table_, "ln_f.weight");
@@ -261,15 +432,39 @@ void GptCuda<T>::backward() {
   }
   for (int l = mc_.n_layer - 1; l >= 0; l--) {
     Layer& L = layers_[l];
-    // dresid holds dL/d(out) = dL/d(a) through the residual + dL/d(mlp output)
-    matmul_backward<T, float>(dg_, g + L.fcp_w, g + L.fcp_b, dresid_, L.g, w + L.fcp_w, N, F_, C, false, stream_);
-    gelu_backward(dh_, L.h, dg_, int64_t(N) * F_, stream_);
-    matmul_backward<T, float>(dnorm_, g + L.fc_w, g + L.fc_b, dh_, L.ln2, w + L.fc_w, N, C, F_, false, stream_);
+    // dresid holds dL/d(out) = dL/d(a) through the residual + dL/d(mlp output). Split it into the
+    // shared expert's (dse) and the routed branch's (dmoe) gradients (Block<T>::out_backward).
+    const T* dse = dresid_;
+    const T* dmoe = dresid_;
+    T* se = L.mlp_out ? L.mlp_out : L.tmp;  // read only by the combine gates (then it is mlp_out)
+    if (L.combine == CombineKind::cg1) {
+      cg1_backward(dse_, dz_, dresid_, L.gate_coef, se, N, C, stream_);
+      dse = dse_;
+    } else if (L.combine == CombineKind::cg2) {
+      cg2_backward(dse_, dmoe_y_, dz_, dresid_, L.gate_coef, se, L.moe_out, N, C, stream_);
+      dse = dse_, dmoe = dmoe_y_;
+    }
+    if (L.moe) moe_backward(L, dmoe);  // leaves dL/d(routed input) in dmoe_x_
+    // dL/du: the MLP / shared expert, the combine gate, the routed branch reading this u
+    const T* du = dnorm_;
+    if (L.has_mlp) {
+      matmul_backward<T, float>(dg_, g + L.fcp_w, g + L.fcp_b, dse, L.g, w + L.fcp_w, N, L.F, C, false, stream_);
+      gelu_backward(dh_, L.h, dg_, int64_t(N) * L.F, stream_);
+      matmul_backward<T, float>(dnorm_, g + L.fc_w, g + L.fc_b, dh_, L.ln2, w + L.fc_w, N, C, L.F, false, stream_);
+      if (L.combine != CombineKind::add)
+        matmul_backward<T, float>(dnorm_, g + L.comb_w, (float*)nullptr, dz_, L.ln2, w + L.comb_w, N, C,
+                                  L.combine == CombineKind::cg1 ? 1 : 2, true, stream_);
+      if (L.u_tap_for >= 0) add_inplace(dnorm_, dmoe_x_, int64_t(N) * C, stream_);
+    } else if (L.u_tap_for >= 0) {
+      du = dmoe_x_;
+    } else {
+      fill(dnorm_, 0.f, int64_t(N) * C, stream_);
+    }
     if (rms)
-      rmsnorm_backward(dresid_, g + L.ln2_w, dnorm_, L.a, w + L.ln2_w, L.rstd2, N, C, true, workspace_,
+      rmsnorm_backward(dresid_, g + L.ln2_w, du, L.a, w + L.ln2_w, L.rstd2, N, C, true, workspace_,
                        workspace_bytes_, stream_);
     else
-      layernorm_backward(dresid_, g + L.ln2_w, g + L.ln2_b, dnorm_, L.a, w + L.ln2_w, L.mean2, L.rstd2, N, C, true,
+      layernorm_backward(dresid_, g + L.ln2_w, g + L.ln2_b, du, L.a, w + L.ln2_w, L.mean2, L.rstd2, N, C, true,
                          workspace_, workspace_bytes_, stream_);
     // dresid = dL/d(a): flows to x through the residual and to the attention projection
     matmul_backward<T, float>(datty_, g + L.proj_w, g + L.proj_b, dresid_, L.atty, w + L.proj_w, N, C, C, false,
@@ -283,10 +478,99 @@ void GptCuda<T>::backward() {
     else
       layernorm_backward(dresid_, g + L.ln1_w, g + L.ln1_b, dnorm_, resid_[l], w + L.ln1_w, L.mean1, L.rstd1, N, C,
                          true, workspace_, workspace_bytes_, stream_);
+    if (L.norm_tap_for >= 0) {  // a routed branch normalised this block's input: its gradient joins here
+      const Layer& M = layers_[L.norm_tap_for];
+      if (rms)
+        rmsnorm_backward(dresid_, g + M.mn_w, dmoe_x_, resid_[l], w + M.mn_w, M.mn_rstd, N, C, true, workspace_,
+                         workspace_bytes_, stream_);
+      else
+        layernorm_backward(dresid_, g + M.mn_w, g + M.mn_b, dmoe_x_, resid_[l], w + M.mn_w, M.mn_mean, M.mn_rstd,
+                           N, C, true, workspace_, workspace_bytes_, stream_);
+    }
   }
   encoder_backward(g + wte, g + offset_of(table_, "wpe"), dresid_, inputs_, B_, Tn_, C_, V_, workspace_,
                    workspace_bytes_, stream_);
   grad_scale_ = 0;  // the dlogits buffer is consumed
+}
+
+// The routed experts on B x seq_len rows of L.moe_in (MoE<T>::forward_*, one process): gate logits,
+// router, dispatch plan, then the admitted rows per expert to the host (the one synchronisation),
+// permute, each expert's MLP on its rows, and the gate-weighted combine into L.moe_out.
+template <class T>
+void GptCuda<T>::moe_forward(Layer& L, MoeLayerStats& st) {
+  const int N = N_, C = C_, E = E_, k = k_, F = Fe_;
+  const T* w = params_t_;
+  float* losses = reinterpret_cast<float*>(L.stats + E + 1);
+  matmul_forward(L.logits, L.moe_in, w + L.gate_w, (const T*)nullptr, N, C, E, stream_);
+  router_forward(L.logits, N, E, k, renormalize_, L.probs, L.topk_idx, L.topk_gate, pmean_, L.route_counts, losses,
+                 workspace_, stream_);
+  dispatch_plan(L.topk_idx, N, k, E, capacity_, L.pos, L.stats, plan_offsets_, L.stats + E, workspace_, stream_);
+  to_host(stream_, host_stats_.data(), L.stats, (size_t(E) + 2) * sizeof(int64_t), "router statistics");
+  SCMOE_CHECK(host_stats_[E] >= 0, "MoE layer " << st.layer << ": the dispatch plan saw an expert index outside [0, "
+                                                 << E << ")");
+  float host_losses[2];
+  std::memcpy(host_losses, &host_stats_[E + 1], sizeof host_losses);
+  int64_t R = 0;
+  for (int e = 0; e < E; e++) L.rows[e] = host_stats_[e], R += host_stats_[e];
+  st.aux = host_losses[0], st.z = host_losses[1];
+  st.dropped = host_stats_[E], st.assignments = int64_t(N) * k;
+  st.tokens_per_expert = L.rows;
+
+  permute_forward(L.xe, L.moe_in, L.pos, N, k, C, stream_);
+  int64_t off = 0;
+  for (int e = 0; e < E; e++) {
+    if (L.rows[e] > 0)
+      matmul_forward(L.eh + off * F, L.xe + off * C, w + L.efc_w[e], w + L.efc_b[e], int(L.rows[e]), C, F, stream_);
+    off += L.rows[e];
+  }
+  if (R > 0) gelu_forward(L.eg, L.eh, R * F, stream_);
+  off = 0;
+  for (int e = 0; e < E; e++) {
+    if (L.rows[e] > 0)
+      matmul_forward(L.ye + off * C, L.eg + off * F, w + L.efp_w[e], w + L.efp_b[e], int(L.rows[e]), F, C, stream_);
+    off += L.rows[e];
+  }
+  combine_forward(L.moe_out, L.ye, L.topk_gate, L.pos, N, k, C, stream_);
+}
+
+// Backward of the routed branch from the gradient of its output dy: the gates' and experts' gradients,
+// then the router's (with the aux / z losses, which are per-micro-batch means and so enter with
+// grad_scale * N, as GPT<T>::run passes them) and the gate linear's. Leaves dL/d(L.moe_in) in dmoe_x_.
+template <class T>
+void GptCuda<T>::moe_backward(Layer& L, const T* dy) {
+  const int N = N_, C = C_, E = E_, k = k_, F = Fe_;
+  const T* w = params_t_;
+  float* g = grads_;
+  combine_backward(dye_, dgate_, dy, L.ye, L.topk_gate, L.pos, N, k, C, stream_);
+  int64_t off = 0, R = 0;
+  for (int e = 0; e < E; e++) {
+    if (L.rows[e] > 0)
+      matmul_backward<T, float>(dg_ + off * F, g + L.efp_w[e], g + L.efp_b[e], dye_ + off * C, L.eg + off * F,
+                                w + L.efp_w[e], int(L.rows[e]), F, C, false, stream_);
+    off += L.rows[e];
+  }
+  R = off;
+  if (R > 0) gelu_backward(dh_, L.eh, dg_, R * F, stream_);
+  off = 0;
+  for (int e = 0; e < E; e++) {
+    if (L.rows[e] > 0)
+      matmul_backward<T, float>(dxe_ + off * C, g + L.efc_w[e], g + L.efc_b[e], dh_ + off * F, L.xe + off * C,
+                                w + L.efc_w[e], int(L.rows[e]), C, F, false, stream_);
+    off += L.rows[e];
+  }
+  permute_backward(dmoe_x_, dxe_, L.pos, N, k, C, false, stream_);
+  const double loss_scale = double(grad_scale_) * N;
+  router_backward(dlogits_, dgate_, L.logits, L.probs, L.topk_idx, L.route_counts, N, E, k, renormalize_,
+                  float(aux_coef_ * loss_scale), float(z_coef_ * loss_scale), stream_);
+  matmul_backward<T, float>(dmoe_x_, g + L.gate_w, (float*)nullptr, dlogits_, L.moe_in, w + L.gate_w, N, C, E, true,
+                            stream_);
+}
+
+template <class T>
+double GptCuda<T>::aux_loss() const {
+  double s = 0;
+  for (const MoeLayerStats& st : moe_stats_) s += aux_coef_ * st.aux + z_coef_ * st.z;
+  return s;
 }
 
 template <class T>

@@ -7,7 +7,10 @@
 //
 // Built twice like the kernels: natively (scmoe_cuda) and under the SIMT emulation, where "device"
 // memory is host memory and the same code trains in CI (tests/emu/gpt_cuda.cpp compares it with the
-// CPU backend). Today: model.arch dense; the MoE family on the device is not written yet.
+// CPU backend). Architectures: dense, moe, shared_expert and scmoe (positions 1-3, combine add/cg1/cg2),
+// single process, run in the CPU model's sequential order; gate noise is not on the device yet.
+// Routed experts: router and dispatch plan on the device, then one host synchronisation per MoE layer
+// (the per-expert row counts) so that each expert runs its own matmuls on its rows.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -20,6 +23,14 @@
 #include "train/config.h"
 
 SCMOE_CUDA_BEGIN
+
+// What one MoE layer observed in its last forward (the CPU model's MoeStats, single process).
+struct MoeLayerStats {
+  int layer = 0;
+  double aux = 0, z = 0;                   // load-balance and z losses (before their coefficients)
+  int64_t dropped = 0, assignments = 0;    // assignments over capacity; N * top_k
+  std::vector<int64_t> tokens_per_expert;  // admitted rows per expert
+};
 
 template <class T>
 class GptCuda {
@@ -48,6 +59,11 @@ class GptCuda {
   // Clips to optim.grad_clip and applies AdamW (step t counts from 1); returns the gradient norm.
   float step(double lr, int64_t t);
 
+  // Router statistics of the last forward, one entry per MoE layer (empty for dense models), and the
+  // auxiliary losses they add to the objective (GPT<T>::aux_loss(): coefficient-weighted, summed).
+  const std::vector<MoeLayerStats>& moe_stats() const { return moe_stats_; }
+  double aux_loss() const;
+
   // Device bytes: parameters + gradients + optimizer state, and the activation arena.
   size_t param_bytes() const { return param_bytes_; }
   size_t activation_bytes() const { return act_bytes_; }
@@ -55,11 +71,18 @@ class GptCuda {
  private:
   struct Layer;  // one block's parameter views and saved activations
   void layout(bool allocate);
+  void moe_forward(Layer& L, MoeLayerStats& st);
+  void moe_backward(Layer& L, const T* dy);
 
   ModelConfig mc_;
   OptimConfig oc_;
   const ParamTable& table_;
   int B_, Tn_, C_, V_, F_, N_;
+  // MoE: experts, top-k, expert hidden size, rows per expert; the router's loss coefficients
+  int E_ = 0, k_ = 0, Fe_ = 0;
+  int64_t capacity_ = 0;
+  bool renormalize_ = true;
+  double aux_coef_ = 0, z_coef_ = 0;
   cudaStream_t stream_;
   int attention_path_ = 0;  // AttentionPath as an int (this header does not need the enum)
   // One allocation each: fp32 master params, fp32 grads, m, v; the T copy of the weights (bf16 only);
@@ -76,6 +99,13 @@ class GptCuda {
   T *dqkv_ = nullptr, *dh_ = nullptr, *dg_ = nullptr, *att_scratch_ = nullptr;
   float *lnf_mean_ = nullptr, *lnf_rstd_ = nullptr, *losses_ = nullptr, *loss_ = nullptr;
   float *att_scratch_f32_ = nullptr, *clip_ = nullptr;
+  // MoE scratch (shared by the layers): the routed output, backward buffers, the plan's offsets
+  T *moe_out_ = nullptr, *dse_ = nullptr, *dmoe_y_ = nullptr, *dz_ = nullptr, *dmoe_x_ = nullptr;
+  T *dlogits_ = nullptr, *dye_ = nullptr, *dxe_ = nullptr;
+  float *dgate_ = nullptr, *pmean_ = nullptr;
+  int64_t* plan_offsets_ = nullptr;
+  std::vector<MoeLayerStats> moe_stats_;
+  std::vector<int64_t> host_stats_;  // one layer's counts, drops and losses as copied from the device
   double* norm_scratch_ = nullptr;
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 0;

@@ -69,6 +69,9 @@ struct DeviceModel {
   virtual void backward() = 0;
   virtual float step(double lr, int64_t t) = 0;  // clip + AdamW; returns the gradient norm
   virtual size_t device_bytes() const = 0;
+  // The MoE layers' router statistics and auxiliary losses of the last forward (as GPT<T> reports them).
+  virtual std::vector<std::pair<int, const MoeStats*>> moe_stats() = 0;
+  virtual double aux_loss() const = 0;
 };
 
 #ifdef SCMOE_HAVE_CUDA
@@ -83,6 +86,20 @@ struct CudaModel : DeviceModel {
   void backward() override { g.backward(); }
   float step(double lr, int64_t t) override { return g.step(lr, t); }
   size_t device_bytes() const override { return g.param_bytes() + g.activation_bytes(); }
+  std::vector<std::pair<int, const MoeStats*>> moe_stats() override {
+    const auto& s = g.moe_stats();
+    stats.resize(s.size());
+    std::vector<std::pair<int, const MoeStats*>> out;
+    for (size_t i = 0; i < s.size(); i++) {
+      stats[i].aux = s[i].aux, stats[i].z = s[i].z;
+      stats[i].dropped = s[i].dropped, stats[i].assignments = s[i].assignments;
+      stats[i].tokens_per_expert = s[i].tokens_per_expert;
+      out.push_back({s[i].layer, &stats[i]});
+    }
+    return out;
+  }
+  double aux_loss() const override { return g.aux_loss(); }
+  std::vector<MoeStats> stats;
 };
 #endif
 
@@ -136,10 +153,10 @@ template <class T>
 void Trainer<T>::setup() {
   std::string notice;
   Device dev = select_device(cfg_.train.device, &notice);
-  // The CUDA backend trains the dense model in one process so far; auto falls back to the CPU for
-  // the rest, an explicit `cuda` is an error naming what is missing.
+  // The CUDA backend trains every architecture in one process, without gate noise, in float32; auto
+  // falls back to the CPU for the rest, an explicit `cuda` is an error naming what is missing.
   std::string unsupported;
-  if (cfg_.model.arch != "dense") unsupported = "model.arch " + cfg_.model.arch + " (the MoE family)";
+  if (cfg_.model.arch != "dense" && cfg_.moe.gate_noise) unsupported = "moe.gate_noise";
   else if (read_process_group_env().world_size > 1) unsupported = "several processes";
   else if (cfg_.train.dtype != "float32") unsupported = "train.dtype " + cfg_.train.dtype;
   if (dev == Device::cuda && !unsupported.empty()) {
@@ -359,6 +376,7 @@ bool Trainer<T>::device_step(float grad_scale) {
   for (int micro = 0; micro < grad_accum_; micro++) {
     train_data_->next_batch(B, rank_, world_, inputs_.data(), targets_.data());
     loss += device_->forward(inputs_.data(), targets_.data(), grad_scale) / grad_accum_;
+    moe_stats_.add(device_->moe_stats(), device_->aux_loss());
     device_->backward();
   }
   last_loss_ = loss;

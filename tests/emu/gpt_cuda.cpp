@@ -1,5 +1,7 @@
 // Whole-model test of the CUDA backend: GptCuda (fp32 and bf16) against the CPU backend's GPT<float>
-// on the same weights and tokens — the loss, every gradient, and three AdamW steps with clipping.
+// on the same weights and tokens — the loss, every gradient, and three AdamW steps with clipping — for
+// the dense model and each MoE variant (moe with and without drops, shared_expert, ScMoE positions 1-3
+// with each combine, ScMoE-2), where also the router statistics and the auxiliary losses must agree.
 // Emulated in CI (every kernel of a training step runs under the SIMT emulation), native with a GPU.
 // Tolerances: fp32 loss 1e-5 relative, gradients 2e-3 of the tensor's largest gradient (summation
 // orders differ: cuBLAS/tiled GEMMs, two-stage reductions), parameters after 3 steps 1e-5 absolute
@@ -44,7 +46,31 @@ struct Case {
   const char* label;
   std::vector<std::string> sets;
   int attention;  // GptCuda's attention path: 0 GEMM + softmax, 1 flash
+  bool drops = false;  // the case must drop assignments over capacity (checked on the CPU side)
 };
+
+// The router statistics of the last forward: the same routing (counts and drops exactly), the same losses.
+void check_moe_stats(const Case& c, const cuda::GptCuda<float>& gpu, const GPT<float>& cpu) {
+  const auto want = cpu.moe_stats();
+  const auto& got = gpu.moe_stats();
+  CHECK(got.size() == want.size());
+  if (got.size() != want.size()) return;
+  int64_t dropped = 0;
+  for (size_t i = 0; i < got.size(); i++) {
+    const MoeStats& w = *want[i].second;
+    CHECK(got[i].layer == want[i].first);
+    CHECK(got[i].tokens_per_expert == w.tokens_per_expert);
+    CHECK(got[i].dropped == w.dropped && got[i].assignments == w.assignments);
+    CHECK_NEAR(got[i].aux, w.aux, 1e-5 * std::fabs(w.aux) + 1e-7);
+    CHECK_NEAR(got[i].z, w.z, 1e-5 * std::fabs(w.z) + 1e-7);
+    dropped += w.dropped;
+  }
+  CHECK(!c.drops || dropped > 0);
+  CHECK(c.drops || dropped == 0);
+  CHECK_NEAR(gpu.aux_loss(), cpu.aux_loss(), 1e-5 * std::fabs(cpu.aux_loss()) + 1e-9);
+  std::printf("  router: %zu MoE layers, %lld dropped, aux loss cpu %.7f cuda %.7f\n", got.size(), (long long)dropped,
+              cpu.aux_loss(), gpu.aux_loss());
+}
 
 void check(const Case& c) {
   std::vector<std::string> base = {"model.arch=dense", "model.n_layer=2", "model.d_model=32", "model.n_head=2",
@@ -85,16 +111,30 @@ void check(const Case& c) {
     // From step 2 on the weights differ by the optimizer's rounding (check_params): looser loss check.
     CHECK_NEAR(l_gpu, l_cpu, (step == 1 ? 1e-5 : 1e-3) * std::fabs(l_cpu));
     CHECK_NEAR(l_16, l_cpu, 0.03 * std::fabs(l_cpu));
-    if (step == 1) {  // the same weights: every gradient
+    if (step == 1) {  // the same weights: every gradient, and the router's view
+      if (!gpu.moe_stats().empty()) check_moe_stats(c, gpu, cpu);
       std::vector<float> g(P);
       gpu.get_grads(g.data());
+      double worst = 0;  // largest |difference| / the tensor's largest gradient
+      std::string worst_name;
+      int idle = 0;  // tensors without gradient: experts no token was routed to (their path is skipped)
       for (const auto& s : cpu.table().specs()) {
         float gmax = 0;
         for (size_t i = 0; i < s.numel; i++) gmax = std::max(gmax, std::fabs(cpu.grads()[s.offset + i]));
         std::vector<float> got(g.begin() + s.offset, g.begin() + s.offset + s.numel);
         std::vector<float> want(cpu.grads() + s.offset, cpu.grads() + s.offset + s.numel);
         kt::expect_close(std::string(c.label) + " grad " + s.name, got, want, 0.0, 2e-3 * gmax + 1e-9);
+        if (!(gmax > 0)) {
+          CHECK(s.expert);
+          idle++;
+        }
+        for (size_t i = 0; i < s.numel; i++) {
+          const double r = std::fabs(double(got[i]) - want[i]) / std::max(double(gmax), 1e-30);
+          if (r > worst) worst = r, worst_name = s.name;
+        }
       }
+      std::printf("  gradients: worst difference %.3g of the tensor's largest (%s); %d expert tensors idle\n", worst,
+                  worst_name.c_str(), idle);
     }
     // The CPU trainer's clipping, then AdamW on both sides.
     double sq = 0;
@@ -117,6 +157,45 @@ int main() {
   kt::require_device();
   check({"dense layernorm, GEMM attention", {}, 0});
   check({"dense rmsnorm, flash attention", {"model.norm=rmsnorm"}, 1});
+  // The MoE family: 4 experts; aux and z losses weighted up so that their gradients count.
+  const std::vector<std::string> moe = {"moe.num_experts=4", "moe.aux_loss_coef=0.1", "moe.z_loss_coef=0.01"};
+  auto with = [&](std::vector<std::string> v) {
+    v.insert(v.begin(), moe.begin(), moe.end());
+    return v;
+  };
+  check({"moe top-2, capacity factor 1.0 (drops)",
+         with({"model.arch=moe", "model.n_layer=4", "moe.every=2", "moe.capacity_factor=1.0"}), 0, true});
+  check({"moe top-2 dropless, rmsnorm",
+         with({"model.arch=moe", "model.n_layer=2", "moe.every=1", "moe.capacity_factor=0", "model.norm=rmsnorm"}),
+         1});
+  check({"shared_expert, d_expert 24",
+         with({"model.arch=shared_expert", "model.n_layer=2", "moe.every=1", "moe.d_expert=24",
+               "moe.capacity_factor=0"}),
+         0});
+  check({"scmoe pos 1 cg1, MoE in every block",
+         with({"model.arch=scmoe", "model.n_layer=2", "moe.every=1", "scmoe.position=1", "scmoe.combine=cg1",
+               "moe.capacity_factor=2.0"}),
+         0});
+  check({"scmoe pos 2 cg1",
+         with({"model.arch=scmoe", "model.n_layer=4", "moe.every=2", "scmoe.position=2", "scmoe.combine=cg1",
+               "moe.capacity_factor=0"}),
+         0});
+  check({"scmoe pos 2 cg2, rmsnorm",
+         with({"model.arch=scmoe", "model.n_layer=4", "moe.every=2", "scmoe.position=2", "scmoe.combine=cg2",
+               "moe.capacity_factor=0", "model.norm=rmsnorm"}),
+         1});
+  check({"scmoe pos 3 add",
+         with({"model.arch=scmoe", "model.n_layer=4", "moe.every=2", "scmoe.position=3", "scmoe.combine=add",
+               "moe.capacity_factor=0"}),
+         0});
+  check({"scmoe pos 3 cg1, rmsnorm",
+         with({"model.arch=scmoe", "model.n_layer=2", "moe.every=2", "scmoe.position=3", "scmoe.combine=cg1",
+               "moe.capacity_factor=0", "model.norm=rmsnorm"}),
+         0});
+  check({"ScMoE-2 (top-2 + shared expert), pos 2 cg1, no renormalisation",
+         with({"model.arch=scmoe", "model.n_layer=4", "moe.every=2", "moe.top_k=2", "moe.renormalize=false",
+               "scmoe.position=2", "scmoe.combine=cg1", "moe.capacity_factor=0"}),
+         0});
   // Checkpoint state round trip through the device buffers.
   {
     Config cfg = load_config("", {"model.n_layer=1", "model.d_model=16", "model.n_head=2", "model.seq_len=4",
@@ -133,7 +212,10 @@ int main() {
     gpu.get_params(p2.data());
     CHECK(m2 == m && v2 == v);
     CHECK(std::equal(p2.begin(), p2.end(), cpu.params()));
-    CHECK_THROWS_WITH(cuda::GptCuda<float>(load_config("", {"model.arch=moe"}), cpu.table(), 1), "dense only");
+    Config noisy = load_config("", {"model.arch=moe", "moe.gate_noise=true", "model.n_layer=2", "model.d_model=16",
+                                    "model.n_head=2", "model.seq_len=4", "model.vocab_size=11"});
+    GPT<float> noisy_cpu(noisy, 1);
+    CHECK_THROWS_WITH(cuda::GptCuda<float>(noisy, noisy_cpu.table(), 1), "moe.gate_noise is not on the CUDA backend");
   }
   TEST_MAIN_END();
 }
