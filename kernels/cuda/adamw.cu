@@ -125,22 +125,6 @@ __global__ void __launch_bounds__(kAdamThreads)
   }
 }
 
-__device__ __forceinline__ double warp_sum_d(double v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-// block_sum (common.cuh) in double; blockDim.x a multiple of 32.
-__device__ __forceinline__ double block_sum_d(double v, double* scratch) {
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
-  v = warp_sum_d(v);
-  if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  v = lane < nwarps ? scratch[lane] : 0.0;
-  v = warp_sum_d(v);
-  __syncthreads();
-  return v;
-}
-
 // Per-block partial sums of squares, per group. Without a table, chunk c is [c*kParamChunk, ...) of
 // the flat buffer, group 0. Squares accumulate in double (as optim's global_norm does).
 template <bool kTable>
@@ -171,8 +155,8 @@ __global__ void __launch_bounds__(kNormThreads)
     else
       acc1 += s;
   }
-  acc0 = block_sum_d(acc0, scratch);
-  if (kTable) acc1 = block_sum_d(acc1, scratch);  // the flat buffer has one group
+  acc0 = block_sum<double>(acc0, scratch);
+  if (kTable) acc1 = block_sum<double>(acc1, scratch);  // the flat buffer has one group
   if (threadIdx.x == 0) {
     partials[blockIdx.x] = acc0;
     if (kTable) partials[kNormMaxBlocks + blockIdx.x] = acc1;
@@ -186,7 +170,7 @@ __global__ void __launch_bounds__(kNormThreads)
   for (int k = 0; k < ngroups; k++) {
     double s = 0.0;
     for (int i = threadIdx.x; i < nblocks; i += blockDim.x) s += partials[k * kNormMaxBlocks + i];
-    s = block_sum_d(s, scratch);
+    s = block_sum<double>(s, scratch);
     if (threadIdx.x == 0) out_sq[k] = s;
   }
 }

@@ -60,36 +60,43 @@ __host__ __device__ __forceinline__ float from_f32<float>(float x) { return x; }
 template <>
 __host__ __device__ __forceinline__ bf16 from_f32<bf16>(float x) { return __float2bfloat16(x); }
 
-__device__ __forceinline__ float warp_sum(float v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-__device__ __forceinline__ float warp_max(float v) {
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+struct SumOp {
+  template <class F>
+  __device__ __forceinline__ F operator()(F a, F b) const { return a + b; }
+};
+struct MaxOp {
+  __device__ __forceinline__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
+
+// Butterfly reduction over the 32 lanes; every lane gets the result.
+template <class F, class Op>
+__device__ __forceinline__ F warp_reduce(F v, Op op) {
+  for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
   return v;
 }
 
-// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
-// `scratch` is 32 floats of shared memory; the trailing barrier lets callers reuse it at once.
-__device__ __forceinline__ float block_sum(float v, float* scratch) {
+// Reduction over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
+// `scratch` is 32 elements of shared memory; the trailing barrier lets callers reuse it at once.
+template <class F, class Op>
+__device__ __forceinline__ F block_reduce(F v, F* scratch, F identity, Op op) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
-  v = warp_sum(v);
+  v = warp_reduce(v, op);
   if (lane == 0) scratch[warp] = v;
   __syncthreads();
-  v = lane < nwarps ? scratch[lane] : 0.f;
-  v = warp_sum(v);
+  v = lane < nwarps ? scratch[lane] : identity;
+  v = warp_reduce(v, op);
   __syncthreads();
   return v;
 }
+
+// F = float, or double where sums must not lose bits (the gradient norm).
+template <class F>
+__device__ __forceinline__ F warp_sum(F v) { return warp_reduce(v, SumOp{}); }
+__device__ __forceinline__ float warp_max(float v) { return warp_reduce(v, MaxOp{}); }
+template <class F>
+__device__ __forceinline__ F block_sum(F v, F* scratch) { return block_reduce(v, scratch, F(0), SumOp{}); }
 __device__ __forceinline__ float block_max(float v, float* scratch) {
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
-  v = warp_max(v);
-  if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  v = lane < nwarps ? scratch[lane] : -INFINITY;
-  v = warp_max(v);
-  __syncthreads();
-  return v;
+  return block_reduce(v, scratch, -INFINITY, MaxOp{});
 }
 
 SCMOE_CUDA_END

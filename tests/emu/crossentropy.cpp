@@ -18,13 +18,6 @@ namespace {
 using kt::bf16;
 using Vd = std::vector<double>;
 
-template <class T>
-std::vector<T> store_as(const std::vector<float>& v) {
-  if constexpr (std::is_same<T, float>::value)
-    return v;
-  else
-    return kt::to_bf16(v);
-}
 
 template <class T>
 void check(int N, int V, float& mean_first, int sched) {
@@ -34,7 +27,7 @@ void check(int N, int V, float& mean_first, int sched) {
   const size_t n = size_t(N) * V;
   std::vector<float> logits = kt::random_vec(n, 31 * N + V, -8.f, 8.f);
   for (int v = 0; v < V; v++) logits[v] += 1000.f;  // row 0: large logits, lse must not overflow
-  logits = kt::to_floats(store_as<T>(logits));      // the reference sees what the kernel sees
+  logits = kt::to_floats(kt::store_as<T>(logits));      // the reference sees what the kernel sees
   std::vector<int32_t> targets(N);
   for (int i = 0; i < N; i++) targets[i] = int32_t((i * 7919 + 3) % V);
   const float grad_scale = 1.f / float(N);
@@ -43,7 +36,7 @@ void check(int N, int V, float& mean_first, int sched) {
   const double mean_ref = scmoe::cpu::crossentropy_forward_backward(
       ref.data(), loss_ref.data(), targets.data(), N, V, double(grad_scale), true);
 
-  kt::Buf<T> lg(store_as<T>(logits)), lg2(store_as<T>(logits));
+  kt::Buf<T> lg(kt::store_as<T>(logits)), lg2(kt::store_as<T>(logits));
   kt::Buf<float> losses(N), losses2(N), mean(1);
   kt::Buf<int32_t> tg(targets);
   scmoe::cuda::crossentropy_forward_backward(lg.get(), losses.get(), tg.get(), N, V, grad_scale, true,

@@ -18,17 +18,6 @@ namespace {
 using kt::bf16;
 using Vd = std::vector<double>;
 
-template <class T>
-std::vector<T> store_as(const std::vector<float>& v) {
-  if constexpr (std::is_same<T, float>::value)
-    return v;
-  else
-    return kt::to_bf16(v);
-}
-template <class T>
-const char* tname() {
-  return std::is_same<T, float>::value ? "fp32" : "bf16";
-}
 Vd to_d(const std::vector<float>& v) { return Vd(v.begin(), v.end()); }
 template <class T>
 std::vector<float> bits(const std::vector<T>& v) {  // compare stored values exactly
@@ -40,19 +29,19 @@ std::vector<float> bits(const std::vector<T>& v) {  // compare stored values exa
 // `off` shifts every pointer by that many elements (1: misaligned, the scalar path).
 template <class T>
 void check_map(int64_t n, int off) {
-  const std::string tag = std::string(tname<T>()) + " n=" + std::to_string(n) + " off=" + std::to_string(off);
-  std::vector<float> a = kt::to_floats(store_as<T>(kt::random_vec(n, 11 + n, -3.f, 3.f)));
-  std::vector<float> b = kt::to_floats(store_as<T>(kt::random_vec(n, 12 + n, -3.f, 3.f)));
+  const std::string tag = std::string(kt::type_name<T>()) + " n=" + std::to_string(n) + " off=" + std::to_string(off);
+  std::vector<float> a = kt::to_floats(kt::store_as<T>(kt::random_vec(n, 11 + n, -3.f, 3.f)));
+  std::vector<float> b = kt::to_floats(kt::store_as<T>(kt::random_vec(n, 12 + n, -3.f, 3.f)));
   auto dev = [&](const std::vector<float>& v) {
     std::vector<float> p(off, 0.f);
     p.insert(p.end(), v.begin(), v.end());
-    return store_as<T>(p);
+    return kt::store_as<T>(p);
   };
   auto down = [&](const kt::Buf<T>& buf) {
     std::vector<T> v = buf.download();
     return bits(std::vector<T>(v.begin() + off, v.end()));
   };
-  auto rounded = [](std::vector<float> v) { return kt::to_floats(store_as<T>(v)); };
+  auto rounded = [](std::vector<float> v) { return kt::to_floats(kt::store_as<T>(v)); };
   std::vector<float> want(n);
   kt::Buf<T> da(dev(a)), db(dev(b)), out(n + off);
 
@@ -86,14 +75,14 @@ void check_map(int64_t n, int off) {
 template <class T>
 void check_fused(int N, int C, bool rms) {
   const std::string tag = std::string(rms ? "fused residual rmsnorm " : "fused residual layernorm ") +
-                          tname<T>() + " N=" + std::to_string(N) + " C=" + std::to_string(C);
+                          kt::type_name<T>() + " N=" + std::to_string(N) + " C=" + std::to_string(C);
   const size_t n = size_t(N) * C;
   const uint64_t seed = 77 * N + C;
-  std::vector<float> a = kt::to_floats(store_as<T>(kt::random_vec(n, seed, 0.f, 3.f)));
-  std::vector<float> b = kt::to_floats(store_as<T>(kt::random_vec(n, seed + 1, 0.f, 3.f)));
-  std::vector<float> w = kt::to_floats(store_as<T>(kt::random_vec(C, seed + 2, 0.5f, 1.5f)));
-  std::vector<float> bias = kt::to_floats(store_as<T>(kt::random_vec(C, seed + 3)));
-  kt::Buf<T> da(store_as<T>(a)), db(store_as<T>(b)), dw(store_as<T>(w)), dbias(store_as<T>(bias));
+  std::vector<float> a = kt::to_floats(kt::store_as<T>(kt::random_vec(n, seed, 0.f, 3.f)));
+  std::vector<float> b = kt::to_floats(kt::store_as<T>(kt::random_vec(n, seed + 1, 0.f, 3.f)));
+  std::vector<float> w = kt::to_floats(kt::store_as<T>(kt::random_vec(C, seed + 2, 0.5f, 1.5f)));
+  std::vector<float> bias = kt::to_floats(kt::store_as<T>(kt::random_vec(C, seed + 3)));
+  kt::Buf<T> da(kt::store_as<T>(a)), db(kt::store_as<T>(b)), dw(kt::store_as<T>(w)), dbias(kt::store_as<T>(bias));
   kt::Buf<T> resid(n), out(n), resid2(n), out2(n);
   kt::Buf<float> mean(N), rstd(N), mean2(N), rstd2(N);
   if (rms) {
@@ -117,7 +106,7 @@ void check_fused(int N, int C, bool rms) {
 
   std::vector<float> sum(n);
   for (size_t i = 0; i < n; i++) sum[i] = a[i] + b[i];
-  kt::expect_equal(tag + " resid", r, kt::to_floats(store_as<T>(sum)));
+  kt::expect_equal(tag + " resid", r, kt::to_floats(kt::store_as<T>(sum)));
   Vd y(n), m(N), s(N);
   if (rms)
     scmoe::cpu::rmsnorm_forward(y.data(), s.data(), to_d(r).data(), to_d(w).data(), N, C);
@@ -135,8 +124,8 @@ void check_fused(int N, int C, bool rms) {
 template <class T>
 void check_bias(int N, int OC, std::vector<float>& first, int sched) {
   const std::string tag =
-      std::string("bias_backward ") + tname<T>() + " N=" + std::to_string(N) + " OC=" + std::to_string(OC);
-  std::vector<float> d = kt::to_floats(store_as<T>(kt::random_vec(size_t(N) * OC, 5 * N + OC)));
+      std::string("bias_backward ") + kt::type_name<T>() + " N=" + std::to_string(N) + " OC=" + std::to_string(OC);
+  std::vector<float> d = kt::to_floats(kt::store_as<T>(kt::random_vec(size_t(N) * OC, 5 * N + OC)));
   std::vector<float> g0 = kt::random_vec(OC, 9 * OC);
   Vd want(OC);
   for (int c = 0; c < OC; c++) {
@@ -144,7 +133,7 @@ void check_bias(int N, int OC, std::vector<float>& first, int sched) {
     for (int i = 0; i < N; i++) s += d[size_t(i) * OC + c];
     want[c] = s;
   }
-  kt::Buf<T> dd(store_as<T>(d));
+  kt::Buf<T> dd(kt::store_as<T>(d));
   kt::Buf<float> g(g0);
   const size_t ws_bytes = scmoe::cuda::bias_backward_workspace_bytes(N, OC);
   kt::Buf<float> ws(ws_bytes / sizeof(float));

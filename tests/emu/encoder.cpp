@@ -18,13 +18,6 @@ namespace {
 
 using kt::bf16;
 
-template <class T>
-std::vector<T> store_as(const std::vector<float>& v) {
-  if constexpr (std::is_same<T, float>::value)
-    return v;
-  else
-    return kt::to_bf16(v);
-}
 
 struct Shape {
   int B, Tn, C, V;
@@ -42,7 +35,7 @@ void check(const Shape& s, std::vector<float>& dwte_first, std::vector<float>& d
   scmoe::Rng r(seed);
   std::vector<int32_t> idx(N);
   for (auto& t : idx) t = int32_t(r.uniform() < 0.5 ? r.uniform() * std::min(V, 3) : r.uniform() * V) % V;
-  auto round = [](const std::vector<float>& v) { return kt::to_floats(store_as<T>(v)); };
+  auto round = [](const std::vector<float>& v) { return kt::to_floats(kt::store_as<T>(v)); };
   std::vector<float> wte = round(kt::random_vec(size_t(V) * C, seed + 1));
   std::vector<float> wpe = round(kt::random_vec(size_t(Tn) * C, seed + 2));
   std::vector<float> dout = round(kt::random_vec(size_t(N) * C, seed + 3));
@@ -54,7 +47,7 @@ void check(const Shape& s, std::vector<float>& dwte_first, std::vector<float>& d
   scmoe::cpu::encoder_backward(dwte_ref.data(), dwpe_ref.data(), dout.data(), idx.data(), B, Tn, C);
 
   kt::Buf<int32_t> didx(idx);
-  kt::Buf<T> dwt(store_as<T>(wte)), dwp(store_as<T>(wpe)), ddout(store_as<T>(dout)), out(size_t(N) * C);
+  kt::Buf<T> dwt(kt::store_as<T>(wte)), dwp(kt::store_as<T>(wpe)), ddout(kt::store_as<T>(dout)), out(size_t(N) * C);
   kt::Buf<float> gte(dwte0), gpe(dwpe0);
   const size_t ws_bytes = scmoe::cuda::encoder_backward_workspace_bytes(B, Tn, V);
   kt::Buf<int> ws(ws_bytes / sizeof(int));

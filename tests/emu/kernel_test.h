@@ -13,6 +13,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "core/rng.h"
@@ -129,6 +130,16 @@ inline std::vector<bf16> to_bf16(const std::vector<float>& v) {
   std::vector<bf16> o(v.size());
   for (size_t i = 0; i < v.size(); i++) o[i] = __float2bfloat16(v[i]);
   return o;
+}
+// v in storage type T (float: as is; bf16: rounded to nearest), and T's name for messages.
+template <class T>
+std::vector<T> store_as(const std::vector<float>& v) {
+  if constexpr (std::is_same<T, float>::value) return v;
+  else return to_bf16(v);
+}
+template <class T>
+const char* type_name() {
+  return std::is_same<T, float>::value ? "fp32" : "bf16";
 }
 template <class T>
 std::vector<float> to_floats(const std::vector<T>& v) {

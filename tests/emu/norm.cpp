@@ -20,16 +20,6 @@ using Vd = std::vector<double>;
 
 Vd to_d(const std::vector<float>& v) { return Vd(v.begin(), v.end()); }
 std::vector<float> to_f(const Vd& v) { return std::vector<float>(v.begin(), v.end()); }
-template <class T>
-std::vector<T> store_as(const std::vector<float>& v);
-template <>
-std::vector<float> store_as<float>(const std::vector<float>& v) {
-  return v;
-}
-template <>
-std::vector<bf16> store_as<bf16>(const std::vector<float>& v) {
-  return kt::to_bf16(v);
-}
 
 // Tolerances (relative, absolute) for values stored as T. fp32: a few ulps of fp32 arithmetic against
 // the float64 reference, times the length of the sums. bf16: the output's rounding to 8 mantissa
@@ -51,7 +41,7 @@ void check_shape(int N, int C, bool rms, std::vector<float>& dw_first, std::vect
   const uint64_t seed = 1000 * N + C + (rms ? 7 : 0);
   // Inputs with a mean far from zero (the two-pass statistics must not cancel), rounded to T first so
   // the reference sees exactly what the kernel sees.
-  auto round = [](const std::vector<float>& v) { return kt::to_floats(store_as<T>(v)); };
+  auto round = [](const std::vector<float>& v) { return kt::to_floats(kt::store_as<T>(v)); };
   std::vector<float> x = round(kt::random_vec(size_t(N) * C, seed, 1.f, 4.f));
   std::vector<float> w = round(kt::random_vec(C, seed + 1, 0.5f, 1.5f));
   std::vector<float> b = round(kt::random_vec(C, seed + 2));
@@ -81,10 +71,10 @@ void check_shape(int N, int C, bool rms, std::vector<float>& dw_first, std::vect
     if (!acc) dw_ref = dwt, db_ref = dbt;
   }
 
-  kt::Buf<T> dx(store_as<T>(x)), dwb(store_as<T>(w)), dbb(store_as<T>(b)), dy_d(store_as<T>(dy)),
+  kt::Buf<T> dx(kt::store_as<T>(x)), dwb(kt::store_as<T>(w)), dbb(kt::store_as<T>(b)), dy_d(kt::store_as<T>(dy)),
       y(size_t(N) * C);
   kt::Buf<float> mean(N), rstd(N), mean_in(mean_f), rstd_in(rstd_f), gw(dw0), gb(db0);
-  kt::Buf<T> gx(size_t(N) * C), gxacc(store_as<T>(dx0));
+  kt::Buf<T> gx(size_t(N) * C), gxacc(kt::store_as<T>(dx0));
   const size_t ws_bytes = scmoe::cuda::norm_backward_workspace_bytes(N, C);
   kt::Buf<float> ws(ws_bytes / sizeof(float));
   if (rms) {
