@@ -18,6 +18,7 @@ namespace scmoe::ops {
 using cpu::add;
 using cpu::add_inplace;
 using cpu::attention_backward;
+using cpu::attention_decode;
 using cpu::attention_forward;
 using cpu::copy;
 using cpu::crossentropy_forward_backward;

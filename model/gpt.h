@@ -44,6 +44,8 @@ class GPT {
   int top_k() const { return top_k_; }  // routed experts per token (resolved default)
   const ModelConfig& model_config() const { return mc_; }
   std::vector<Block<T>>& blocks() { return blocks_; }
+  // Logits [B*T, V] of the last forward (row b*T + t), e.g. to check incremental decoding against it.
+  const T* logits() const { return logits_; }
 
   // Auxiliary losses (coefficient-weighted router balance + z-loss) of the last forward, summed over
   // MoE layers; they are part of the training objective but not of the reported cross-entropy.

@@ -32,7 +32,9 @@ namespace {
   X(train.grad_accum) X(train.global_batch_tokens) X(train.seed) X(train.device) X(train.precision)   \
   X(train.dtype) X(train.out_dir) X(train.log_every) X(train.eval_every) X(train.eval_batches)         \
   X(train.threads) X(train.trace_step) X(data.train) X(data.val) X(data.shuffle) X(checkpoint.every) X(checkpoint.keep)   \
-  X(comm.timeout_s) X(comm.overlap) X(comm.simulate_link.bandwidth_gb_s) X(comm.simulate_link.latency_us)
+  X(comm.timeout_s) X(comm.overlap) X(comm.simulate_link.bandwidth_gb_s) X(comm.simulate_link.latency_us)  \
+  X(inference.offload_experts) X(inference.expert_cache_slots) X(inference.migration)                  \
+  X(inference.host_link_gb_s) X(inference.host_link_latency_us) X(inference.tokenizer)
 // clang-format on
 
 int num_fields() {
@@ -291,6 +293,15 @@ void test_cross_checks() {
       parse("train: {global_batch_tokens: 1000}\n"),
       "train.global_batch_tokens (1000) must be a multiple of train.batch_size * model.seq_len (1024)");
   CHECK(parse("train: {global_batch_tokens: 4096}\n").train.global_batch_tokens == 4096);
+  // The expert cache must hold a token's experts and may hold at most all of them.
+  CHECK_THROWS_WITH(parse("model: {arch: moe}\ninference: {offload_experts: true, expert_cache_slots: 1}\n"),
+                    "inference.expert_cache_slots (1) must be >= moe.top_k (2)");
+  CHECK_THROWS_WITH(parse("model: {arch: scmoe}\ninference: {offload_experts: true, expert_cache_slots: 9}\n"),
+                    "inference.expert_cache_slots (9) must be <= moe.num_experts (8)");
+  CHECK(parse("model: {arch: scmoe}\ninference: {offload_experts: true, expert_cache_slots: 1}\n")
+            .inference.expert_cache_slots == 1);  // scmoe routes top-1 unless told otherwise
+  CHECK(parse("model: {arch: moe}\ninference: {expert_cache_slots: 1}\n").inference.expert_cache_slots == 1);
+  CHECK(parse("inference: {offload_experts: true, expert_cache_slots: 99}\n").model.arch == "dense");
 }
 
 // A config whose every key differs from the default, with awkward doubles and strings.
@@ -319,6 +330,7 @@ Config unusual_config() {
   c.comm.timeout_s = 7.5;
   c.comm.overlap = false;
   c.comm.simulate_link = {12.5, 0.1};
+  c.inference = {true, 7, "speculative", 0.1 + 0.7, 2.5, "gpt2"};
   return c;
 }
 
@@ -341,7 +353,7 @@ void test_round_trip() {
   CHECK(config_to_yaml(Config{}).find("  eps: 1.0e-08\n") != std::string::npos);
   int lines = 0;
   for (char ch : config_to_yaml(Config{})) lines += ch == '\n';
-  CHECK(lines == num_fields() + 9);  // plus 8 section headers and comm.simulate_link
+  CHECK(lines == num_fields() + 10);  // plus 9 section headers and comm.simulate_link
 }
 
 void test_docs_up_to_date() {

@@ -2,6 +2,8 @@
 #include "train/checkpoint.h"
 
 #include <cstdio>
+#include <filesystem>
+#include <set>
 
 #include "core/check.h"
 #include "train/safetensors.h"
@@ -103,10 +105,48 @@ std::map<std::string, std::string> read_optim_file(const std::string& path, cons
   return f.metadata;
 }
 
+template <class T>
+void read_all_experts(const std::string& dir, const ParamTable& table, T* params) {
+  namespace fs = std::filesystem;
+  int world = 0;
+  std::string seen_name;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    const std::string n = e.path().filename().string();
+    int r = 0, w = 0;
+    if (std::sscanf(n.c_str(), "experts-rank%d-of-%d.safetensors", &r, &w) == 2 && n == experts_file_name(r, w)) {
+      SCMOE_CHECK(world == 0 || w == world, dir << " holds expert files of two world sizes (" << seen_name << ", " << n
+                                                << "); keep one set");
+      world = w, seen_name = n;
+    }
+  }
+  SCMOE_CHECK(world > 0, dir << ": no experts-rank*-of-*.safetensors (a checkpoint of a dense model, or incomplete?)");
+  std::map<std::string, const ParamSpec*> wanted;
+  for (const auto& s : table.specs())
+    if (s.expert) wanted[s.name] = &s;
+  std::set<std::string> got;
+  for (int r = 0; r < world; r++) {
+    const std::string path = (fs::path(dir) / experts_file_name(r, world)).string();
+    SCMOE_CHECK(fs::exists(path), path << " missing: the checkpoint's expert shards are incomplete");
+    StFile f = safetensors_read(path);
+    for (const auto& [name, t] : f.tensors) {
+      auto it = wanted.find(name);
+      SCMOE_CHECK(it != wanted.end(), path << ": tensor '" << name
+                                           << "' is not an expert of this model (checkpoint of another model config?)");
+      SCMOE_CHECK(got.insert(name).second, path << ": tensor '" << name << "' appears in two expert shards");
+      f.read_into(name, st_dtype<T>(), params + it->second->offset, it->second->numel * sizeof(T));
+    }
+  }
+  for (const auto& [name, spec] : wanted)
+    SCMOE_CHECK(got.count(name), dir << ": expert tensor '" << name << "' missing from the "
+                                     << world << " expert shards (checkpoint of another model config?)");
+}
+
 #define SCMOE_INSTANTIATE(T)                                                                              \
   template void write_model_file<T>(const std::string&, const ParamTable&, const T*, Subset,              \
                                     const std::map<std::string, std::string>&);                           \
   template void read_model_file<T>(const std::string&, const ParamTable&, T*, Subset);                    \
+  template void read_all_experts<T>(const std::string&, const ParamTable&, T*);                           \
   template void write_optim_file<T>(const std::string&, const ParamTable&, const T*, const T*,           \
                                     const std::map<std::string, std::string>&);                           \
   template std::map<std::string, std::string> read_optim_file<T>(const std::string&, const ParamTable&, T*, \

@@ -36,6 +36,11 @@ void write_model_file(const std::string& path, const ParamTable& table, const T*
 template <class T>
 void read_model_file(const std::string& path, const ParamTable& table, T* params, Subset subset);
 
+// Every routed-expert tensor from a checkpoint directory's experts-rank*-of-W files, whatever W (one
+// process holding all experts, as generation does). Each tensor must be present exactly once.
+template <class T>
+void read_all_experts(const std::string& dir, const ParamTable& table, T* params);
+
 std::string experts_file_name(int rank, int world);  // "experts-rank00001-of-00004.safetensors"
 std::string optim_file_name(int rank, int world);    // "optim-rank00001-of-00004.safetensors"
 

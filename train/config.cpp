@@ -130,6 +130,20 @@ const Key kKeys[] = {
         "delay each All-to-All as a link of this many GB/s would; 0: no simulated link"),
     KEY(comm.simulate_link.latency_us, at_least(0),
         "latency of the simulated link per All-to-All, in microseconds"),
+    KEY(inference.offload_experts, any(),
+        "generate: keep routed experts in host memory and a device cache of expert_cache_slots per MoE layer"),
+    KEY(inference.expert_cache_slots, at_least(1),
+        "experts per MoE layer in the device cache when offloading (between moe.top_k and moe.num_experts)"),
+    KEY(inference.migration, one_of("async|blocking|speculative"),
+        "when an offloaded expert is copied: async as soon as its gate decides (scmoe: one block early), "
+        "blocking at the point of use, speculative also prefetches the next MoE layer's predicted experts"),
+    KEY(inference.host_link_gb_s, at_least(0),
+        "cpu backend: simulate a host-to-device link of this many GB/s for expert copies; 0: memcpy speed"),
+    KEY(inference.host_link_latency_us, at_least(0),
+        "cpu backend: latency of the simulated host-to-device link per expert copy, in microseconds"),
+    KEY(inference.tokenizer, one_of("auto|byte|gpt2"),
+        "generate: prompt/output tokenizer; auto reads the data set's meta.json (data/prepare.py), else "
+        "byte when model.vocab_size is 256"),
 };
 #undef KEY
 
@@ -143,6 +157,7 @@ const std::pair<const char*, const char*> kSectionIntros[] = {
     {"data", "Token shards in llm.c's format, given as globs."},
     {"checkpoint", "Checkpoints under `train.out_dir/checkpoints/`."},
     {"comm", "Communication between ranks."},
+    {"inference", "Generation (`train generate`) and memory-limited expert offloading (docs/inference.md)."},
 };
 
 // Rules spanning several keys, checked after the file and every override are applied.
@@ -207,6 +222,19 @@ const CrossCheck kCrossChecks[] = {
        if (c.train.global_batch_tokens % per_seq_batch == 0) return "";
        return "train.global_batch_tokens (" + num(c.train.global_batch_tokens) +
               ") must be a multiple of train.batch_size * model.seq_len (" + num(per_seq_batch) + ")";
+     }},
+    {"`inference.expert_cache_slots` is between `moe.top_k` and `moe.num_experts` when "
+     "`inference.offload_experts` is true and `model.arch` is not dense",
+     [](const Config& c) -> std::string {
+       const int slots = c.inference.expert_cache_slots;
+       if (!c.inference.offload_experts || c.model.arch == "dense") return "";
+       if (slots < c.moe.top_k)
+         return "inference.expert_cache_slots (" + num(slots) + ") must be >= moe.top_k (" + num(c.moe.top_k) +
+                "): a token needs all of its experts in the cache at once";
+       if (slots > c.moe.num_experts)
+         return "inference.expert_cache_slots (" + num(slots) + ") must be <= moe.num_experts (" +
+                num(c.moe.num_experts) + "); " + num(c.moe.num_experts) + " caches every expert";
+       return "";
      }},
 };
 

@@ -90,6 +90,16 @@ struct CommConfig {
   SimulateLinkConfig simulate_link;
 };
 
+// Generation (`train generate`): expert offloading and the tokenizer.
+struct InferenceConfig {
+  bool offload_experts = false;     // routed experts in host memory, a device cache of them per layer
+  int expert_cache_slots = 2;       // experts per MoE layer the device cache holds (>= top_k)
+  std::string migration = "async";  // async | blocking | speculative
+  double host_link_gb_s = 0.0;      // CPU backend: simulated host-to-device bandwidth; 0: memcpy speed
+  double host_link_latency_us = 0.0;
+  std::string tokenizer = "auto";   // auto | byte | gpt2
+};
+
 struct Config {
   ModelConfig model;
   MoeConfig moe;
@@ -99,6 +109,7 @@ struct Config {
   DataConfig data;
   CheckpointConfig checkpoint;
   CommConfig comm;
+  InferenceConfig inference;
 };
 
 // Loads `path` (may be empty: defaults only) then applies each "a.b=c" override in order (last wins).

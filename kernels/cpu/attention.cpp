@@ -89,10 +89,49 @@ void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* att, int 
     }
 }
 
+template <class T>
+void attention_decode(T* out, T* att, const T* q, const T* k, const T* v, int Tk, int C, int H) {
+  const int hd = C / H;
+  const T scale = T(1.0 / std::sqrt(double(hd)));
+  // One position's work is tiny: threads pay off only once the cache is long.
+#pragma omp parallel for schedule(static) if ((int64_t)Tk * C >= (1 << 16))
+  for (int h = 0; h < H; h++) {
+    const T* qh = q + h * hd;
+    T* a = att + (int64_t)h * Tk;
+    T maxv = -INFINITY;
+    for (int t2 = 0; t2 < Tk; t2++) {
+      const T* kh = k + (int64_t)t2 * C + h * hd;
+      T s = 0;
+#pragma omp simd reduction(+ : s)
+      for (int i = 0; i < hd; i++) s += qh[i] * kh[i];
+      s *= scale;
+      a[t2] = s;
+      if (s > maxv) maxv = s;
+    }
+    T sum = 0;
+    for (int t2 = 0; t2 < Tk; t2++) {
+      a[t2] = std::exp(a[t2] - maxv);
+      sum += a[t2];
+    }
+    T inv = T(1) / sum;
+    for (int t2 = 0; t2 < Tk; t2++) a[t2] *= inv;
+    T* o = out + h * hd;
+    for (int i = 0; i < hd; i++) o[i] = 0;
+    for (int t2 = 0; t2 < Tk; t2++) {
+      const T* vh = v + (int64_t)t2 * C + h * hd;
+#pragma omp simd
+      for (int i = 0; i < hd; i++) o[i] += a[t2] * vh[i];
+    }
+  }
+}
+
 template void attention_forward<float>(float*, float*, const float*, int, int, int, int);
 template void attention_forward<double>(double*, double*, const double*, int, int, int, int);
 template void attention_backward<float>(float*, const float*, const float*, const float*, int, int, int, int);
 template void attention_backward<double>(double*, const double*, const double*, const double*, int, int,
                                          int, int);
+template void attention_decode<float>(float*, float*, const float*, const float*, const float*, int, int, int);
+template void attention_decode<double>(double*, double*, const double*, const double*, const double*, int, int,
+                                       int);
 
 }  // namespace scmoe::cpu

@@ -13,4 +13,11 @@ void attention_forward(T* out, T* att, const T* qkv, int B, int Tn, int C, int H
 template <class T>
 void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* att, int B, int Tn, int C, int H);
 
+// The decode step of generation: one query (the newest position) over a KV cache of Tk positions.
+// q: [C]; k, v: [Tk, C] cached keys and values (the newest included); att: [H, Tk] scratch; out: [C].
+// The same arithmetic as attention_forward's row t = Tk-1, so incremental decoding reproduces the
+// full forward's outputs.
+template <class T>
+void attention_decode(T* out, T* att, const T* q, const T* k, const T* v, int Tk, int C, int H);
+
 }  // namespace scmoe::cpu

@@ -1,0 +1,188 @@
+// The generate command (see generate.h).
+#include "train/generate.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <vector>
+
+#include "core/check.h"
+#include "core/device.h"
+#include "data/tokenizer.h"
+#include "model/gpt.h"
+#include "model/infer.h"
+#include "train/checkpoint.h"
+#include "train/checkpoint_dir.h"
+
+namespace fs = std::filesystem;
+
+namespace scmoe {
+
+namespace {
+
+double now_ms() {
+  using namespace std::chrono;
+  return duration<double, std::milli>(steady_clock::now().time_since_epoch()).count();
+}
+
+double mib(size_t bytes) { return double(bytes) / 1048576.0; }
+
+// Nearest-rank percentile (q in (0, 1]) of unsorted values; 0 for none.
+double percentile(std::vector<double> v, double q) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  size_t i = size_t(std::max(1.0, std::ceil(q * double(v.size())))) - 1;
+  return v[std::min(i, v.size() - 1)];
+}
+
+std::string prompt_text(const GenerateOptions& opt) {
+  SCMOE_CHECK(opt.prompt_given != opt.prompt_file_given,
+              "give the prompt with exactly one of --prompt TEXT and --prompt-file FILE");
+  if (opt.prompt_given) return opt.prompt;
+  SCMOE_CHECK(!fs::is_directory(opt.prompt_file), "--prompt-file '" << opt.prompt_file << "' is a directory");
+  std::ifstream in(opt.prompt_file, std::ios::binary);
+  SCMOE_CHECK_IO(in, opt.prompt_file, "cannot read --prompt-file");
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+template <class T>
+int generate(const Config& cfg, const GenerateOptions& opt) {
+  std::string notice;
+  Device dev = select_device(cfg.train.device, &notice);
+  SCMOE_CHECK(
+      dev == Device::cpu || cfg.train.device == "auto",
+      "train.device: cuda: " << notice
+                             << ", but the CUDA kernels are not written yet; use train.device=cpu (or auto)");
+  if (dev == Device::cuda) notice += ", but the CUDA kernels are not written yet: using cpu";
+  std::fprintf(stderr, "%s\n", notice.c_str());
+  if (cfg.train.threads > 0) omp_set_num_threads(cfg.train.threads);
+  check_sampling(opt.sampling);
+  SCMOE_CHECK(opt.max_new_tokens >= 0, "--max-new-tokens must be >= 0, got " << opt.max_new_tokens);
+
+  const std::string root = (fs::path(cfg.train.out_dir) / "checkpoints").string();
+  const std::string dir = resolve_resume(opt.resume, root);
+  SCMOE_CHECK(!dir.empty(), "generate needs a checkpoint and there is none in "
+                                << root << ": train first (train --config ...) or pass --resume PATH");
+
+  const std::string text = prompt_text(opt);
+  std::string tok_notice;
+  const Tokenizer tok = Tokenizer::for_config(cfg, &tok_notice);
+  const std::vector<int32_t> prompt = tok.encode(text);
+  SCMOE_CHECK(!prompt.empty(), "the prompt is empty: generation needs at least one token to continue");
+  for (int32_t id : prompt)
+    SCMOE_CHECK(id >= 0 && id < cfg.model.vocab_size,
+                "prompt token " << id << " (" << tok.name() << " tokenizer) is not below model.vocab_size "
+                                << cfg.model.vocab_size);
+  GPT<T> model(cfg, 1);
+  read_model_file<T>((fs::path(dir) / "model.safetensors").string(), model.table(), model.params(),
+                     Subset::replicated);
+  if (!model.moe_stats().empty()) read_all_experts<T>(dir, model.table(), model.params());
+  if (cfg.inference.offload_experts && model.moe_stats().empty())
+    std::fprintf(stderr,
+                 "inference.offload_experts: model.arch dense has no routed experts; nothing to offload\n");
+  Generator<T> gen(model, cfg.inference);
+  std::fprintf(stderr, "generate: %s | %s, %.2f M parameters, %s | %s | OpenMP threads: %d\n", dir.c_str(),
+               cfg.model.arch.c_str(), model.num_params() / 1e6, cfg.train.dtype.c_str(), tok_notice.c_str(),
+               omp_get_max_threads());
+
+  const double t_prefill = now_ms();
+  const T* logits = nullptr;
+  for (int32_t id : prompt) logits = gen.step(id);
+  const double prefill_ms = now_ms() - t_prefill;
+
+  Rng rng(opt.seed);
+  std::vector<double> latency_ms;  // per new token: sampling it, printing it and computing its position
+  const double t_decode = now_ms();
+  for (int i = 0; i < opt.max_new_tokens; i++) {
+    const double t0 = now_ms();
+    const int32_t next = sample_token(logits, cfg.model.vocab_size, opt.sampling, rng);
+    const std::string bytes = tok.decode(next);
+    std::fwrite(bytes.data(), 1, bytes.size(), stdout);
+    std::fflush(stdout);
+    if (i + 1 == opt.max_new_tokens) break;  // the last token's position is never needed
+    logits = gen.step(next);
+    latency_ms.push_back(now_ms() - t0);
+  }
+  const double decode_s = (now_ms() - t_decode) / 1000;
+  const double tok_s = decode_s > 0 ? opt.max_new_tokens / decode_s : 0;
+  const double med = percentile(latency_ms, 0.5), p90 = percentile(latency_ms, 0.9);
+
+  std::fprintf(stderr,
+               "\nprompt %zu tokens (prefill %.1f ms); %d new tokens in %.3f s: %.1f tokens/s; per-token "
+               "latency median %.3f ms, p90 %.3f ms%s\n",
+               prompt.size(), prefill_ms, opt.max_new_tokens, decode_s, tok_s, med, p90,
+               gen.slides() ? (", window slid " + std::to_string(gen.slides()) + "x").c_str() : "");
+  const DeviceMemory mem = gen.device_memory();
+  const size_t peak = gen.offloading() ? mem.offloaded() : mem.resident();
+  const double cut = 100.0 * (1.0 - double(peak) / double(mem.resident()));
+  const OffloadStats os = gen.offload_stats();
+  const char* migration = cfg.inference.migration.c_str();
+  if (gen.offloading()) {
+    const HostLink& link = *gen.link();
+    char linkdesc[96];
+    if (link.simulated())
+      std::snprintf(linkdesc, sizeof linkdesc, "host link %.3g GB/s + %.3g us (simulated)", link.gb_s(),
+                    link.latency_us());
+    else
+      std::snprintf(linkdesc, sizeof linkdesc, "host link: memcpy");
+    std::fprintf(stderr, "offload: %s migration, %d of %d experts cached per MoE layer, %s\n", migration,
+                 cfg.inference.expert_cache_slots, cfg.moe.num_experts, linkdesc);
+    char spec[96] = "";
+    if (os.spec_transfers > 0)
+      std::snprintf(spec, sizeof spec, " (%lld speculative, %lld of them used)", (long long)os.spec_transfers,
+                    (long long)os.spec_hits);
+    std::fprintf(
+        stderr,
+        "device memory %.2f MiB (all experts resident: %.2f MiB; cut %.1f%%); migrated %.2f MiB in "
+        "%lld transfers%s; hit rate %.1f%%; exposed transfer %.2f ms (%.3f ms/position), link busy %.2f ms\n",
+        mib(peak), mib(mem.resident()), cut, mib(os.bytes), (long long)os.transfers, spec,
+        100 * os.hit_rate(), os.exposed_ms, os.exposed_ms / double(std::max<int64_t>(1, gen.positions())),
+        link.busy_ms());
+    std::string per;
+    for (const auto& [l, s] : gen.layer_stats()) {
+      char buf[128];
+      std::snprintf(buf, sizeof buf, "%sblock %d: %lld requests, hit %.1f%%, %.2f MiB, exposed %.2f ms",
+                    per.empty() ? "" : "; ", l, (long long)s.requests, 100 * s.hit_rate(), mib(s.bytes),
+                    s.exposed_ms);
+      per += buf;
+    }
+    std::fprintf(stderr, "per layer: %s\n", per.c_str());
+  } else {
+    std::fprintf(stderr, "device memory %.2f MiB (all experts resident)\n", mib(peak));
+  }
+  // One machine-readable line for scripts (bench/offload.sh).
+  std::fprintf(
+      stderr,
+      "generate_stats {\"arch\": \"%s\", \"offload\": %s, \"migration\": \"%s\", \"cache_slots\": %d, "
+      "\"num_experts\": %d, \"host_link_gb_s\": %g, \"prompt_tokens\": %zu, \"new_tokens\": %d, "
+      "\"positions\": %lld, "
+      "\"prefill_ms\": %.3f, \"tokens_per_s\": %.2f, \"latency_ms_median\": %.4f, \"latency_ms_p90\": %.4f, "
+      "\"peak_device_bytes\": %zu, \"resident_device_bytes\": %zu, \"memory_cut\": %.4f, "
+      "\"bytes_migrated\": %lld, \"transfers\": %lld, \"spec_transfers\": %lld, \"spec_hits\": %lld, "
+      "\"requests\": %lld, \"hit_rate\": %.4f, \"exposed_transfer_ms\": %.3f, \"link_busy_ms\": %.3f, "
+      "\"threads\": %d}\n",
+      cfg.model.arch.c_str(), gen.offloading() ? "true" : "false", migration,
+      cfg.inference.expert_cache_slots, cfg.moe.num_experts, cfg.inference.host_link_gb_s, prompt.size(),
+      opt.max_new_tokens, (long long)gen.positions(), prefill_ms, tok_s, med, p90, peak, mem.resident(),
+      cut / 100, (long long)os.bytes, (long long)os.transfers, (long long)os.spec_transfers,
+      (long long)os.spec_hits, (long long)os.requests, os.hit_rate(), os.exposed_ms,
+      gen.link() ? gen.link()->busy_ms() : 0.0, omp_get_max_threads());
+  return 0;
+}
+
+}  // namespace
+
+int run_generate(const Config& cfg, const GenerateOptions& opt) {
+  if (cfg.train.dtype == "float64") return generate<double>(cfg, opt);
+  return generate<float>(cfg, opt);
+}
+
+}  // namespace scmoe
