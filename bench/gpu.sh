@@ -30,6 +30,8 @@ usage: bench/gpu.sh [options]
   --doc FILE         Markdown file whose results section is replaced (default docs/gpu_benchmarks.md)
   --no-doc           leave the docs alone (print the report only)
   --no-build         use the existing build directory as it is
+  --deps DIR         .deb files from scripts/gpu_deps.sh (yaml-cpp, Boost, Gloo, OpenBLAS) for a machine
+                     that lacks them: unpacked into a private prefix (dpkg -x) and built against
   --no-tests --no-sanitizer --no-kernels --no-train --no-torch   skip a stage
   --torch-moe        also run the MoE architectures in PyTorch (bf16 eager, reference only)
   -h, --help         this text
@@ -37,7 +39,7 @@ Exit status: 0 all stages passed, 1 a stage failed, 77 no usable NVIDIA GPU (not
 EOF
 }
 
-QUICK=0 BATCH="" STEPS="" KBATCH=8 BUILD=build-gpu RUN="" DOC=docs/gpu_benchmarks.md CC=""
+QUICK=0 BATCH="" STEPS="" KBATCH=8 BUILD=build-gpu RUN="" DOC=docs/gpu_benchmarks.md CC="" DEPS=""
 DO_BUILD=1 DO_TESTS=1 DO_SAN=1 DO_KERNELS=1 DO_TRAIN=1 DO_TORCH=1 TORCH_MOE=0
 ARGS="$*"
 while [[ $# -gt 0 ]]; do
@@ -52,6 +54,7 @@ while [[ $# -gt 0 ]]; do
     --doc) DOC=${2:?--doc needs a value}; shift ;;
     --no-doc) DOC="" ;;
     --no-build) DO_BUILD=0 ;;
+    --deps) DEPS=${2:?--deps needs a directory}; shift ;;
     --no-tests) DO_TESTS=0 ;;
     --no-sanitizer) DO_SAN=0 ;;
     --no-kernels) DO_KERNELS=0 ;;
@@ -160,11 +163,25 @@ if [[ -z $CC ]]; then
   CC=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d ' .')
   [[ $CC =~ ^[0-9]+$ ]] || CC=native
 fi
+# --deps: the libraries of scripts/gpu_deps.sh, unpacked (not installed) into a prefix that CMake searches
+# first and the programs find at run time.
+DEPS_ARGS=()
+if [[ -n $DEPS ]]; then
+  PFX=$(realpath -m "$BUILD/deps")
+  mkdir -p "$PFX"
+  for f in "$DEPS"/*.deb; do dpkg -x "$f" "$PFX" || { echo "bench/gpu.sh: cannot unpack $f" >&2; exit 1; }; done
+  A=$PFX/usr/lib/x86_64-linux-gnu
+  DEPS_ARGS=(-DCMAKE_PREFIX_PATH="$PFX/usr" -DCMAKE_LIBRARY_PATH="$PFX/usr/lib;$A;$A/openblas-pthread"
+             -DCMAKE_INCLUDE_PATH="$PFX/usr/include;$PFX/usr/include/x86_64-linux-gnu/openblas-pthread")
+  export LD_LIBRARY_PATH="$PFX/usr/lib:$A:$A/openblas-pthread${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  echo "dependencies from $DEPS unpacked into $PFX"
+fi
 build() {
   cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DSCMOE_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$CC" \
-    >"$RUN/configure.log" 2>&1 || {
+    "${DEPS_ARGS[@]}" >"$RUN/configure.log" 2>&1 || {
     tail -20 "$RUN/configure.log"
-    echo "hint: the build needs what scripts/setup.sh installs (yaml-cpp, Boost.ProgramOptions, Gloo, OpenBLAS)"
+    echo "hint: the build needs what scripts/setup.sh installs (yaml-cpp, Boost.ProgramOptions, Gloo, OpenBLAS):"
+    echo "      fetch them with scripts/gpu_deps.sh where Debian's archive is reachable, then --deps DIR"
     echo "      and the CUDA toolkit with cuBLAS and NCCL; or pass --no-build --build-dir DIR with a build from elsewhere"
     return 1
   }
