@@ -4,17 +4,9 @@
 # Each case works in its own scratch directory and fails with a message saying what was expected.
 set -euo pipefail
 TRAIN=$1 SRC=$2 CASE=$3
-WORK=$(pwd)/train_test_$CASE
-rm -rf "$WORK" && mkdir -p "$WORK" && cd "$WORK"
-
-fail() { echo "FAIL ($CASE): $*" >&2; exit 1; }
-
-# Byte-level Tiny Shakespeare shards, prepared once per build tree.
-DATA=$(dirname "$WORK")/ts_data
-if [[ ! -f $DATA/train_000000.bin ]]; then
-  python3 "$SRC/data/prepare.py" --input "$SRC/data/tinyshakespeare.txt" --out-dir "$DATA.$$" --tokenizer byte >/dev/null
-  mv -T "$DATA.$$" "$DATA" 2>/dev/null || rm -rf "$DATA.$$"  # another test may have won the race
-fi
+PREFIX=train_test
+# shellcheck source=tests/e2e_common.sh
+source "$SRC/tests/e2e_common.sh"
 
 TINY=(--set model.n_layer=2 --set model.d_model=64 --set model.n_head=4 --set model.d_ff=256
       --set model.seq_len=64 --set train.batch_size=8 --set train.log_every=1 --set train.eval_batches=4
