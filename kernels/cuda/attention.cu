@@ -555,6 +555,52 @@ void attention_backward(AttentionPath path, T* dqkv, const T* dout, const T* qkv
                           stream);
 }
 
+namespace {
+// One block per head: scores of the query against every cached key (threads over positions), the
+// softmax over them in place, then each thread one channel of the weighted sum of the values.
+template <class T>
+__global__ void attention_decode_kernel(T* out, float* att, const T* q, const T* k, const T* v, int Tk, int C,
+                                        int hd, float scale) {
+  __shared__ float scratch[32];
+  const int h = blockIdx.x;
+  const T* qh = q + (size_t)h * hd;
+  float* a = att + (size_t)h * Tk;
+  float mx = -INFINITY;
+  for (int t = threadIdx.x; t < Tk; t += blockDim.x) {
+    const T* kt = k + (size_t)t * C + (size_t)h * hd;
+    float s = 0.f;
+    for (int i = 0; i < hd; i++) s += to_f32(qh[i]) * to_f32(kt[i]);
+    s *= scale;
+    a[t] = s;
+    mx = fmaxf(mx, s);
+  }
+  mx = block_max(mx, scratch);
+  float sum = 0.f;
+  for (int t = threadIdx.x; t < Tk; t += blockDim.x) {
+    const float e = expf(a[t] - mx);
+    a[t] = e;
+    sum += e;
+  }
+  const float inv = 1.f / block_sum(sum, scratch);
+  for (int t = threadIdx.x; t < Tk; t += blockDim.x) a[t] *= inv;
+  __syncthreads();  // every probability written before any thread sums over all of them
+  for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+    float o = 0.f;
+    for (int t = 0; t < Tk; t++) o += a[t] * to_f32(v[(size_t)t * C + (size_t)h * hd + i]);
+    out[(size_t)h * hd + i] = from_f32<T>(o);
+  }
+}
+}  // namespace
+
+template <class T>
+void attention_decode(T* out, float* att, const T* q, const T* k, const T* v, int Tk, int C, int H,
+                      cudaStream_t stream) {
+  SCMOE_CHECK(Tk >= 1 && H >= 1 && C % H == 0, "attention_decode: Tk " << Tk << ", C " << C << ", H " << H);
+  const int hd = C / H;
+  launch(attention_decode_kernel<T>, H, 128, 0, stream, out, att, q, k, v, Tk, C, hd,
+         float(1.0 / std::sqrt(double(hd))));
+}
+
 #define SCMOE_ATTENTION_INSTANTIATE(T)                                                                       \
   template void attention_forward<T>(AttentionPath, T*, const T*, const AttentionBuffers<T>&, int, int, int, \
                                      int, cudaStream_t);                                                     \
@@ -565,7 +611,8 @@ void attention_backward(AttentionPath path, T* dqkv, const T* dout, const T* qkv
                                            cudaStream_t);                                                    \
   template void attention_forward_flash<T>(T*, float*, const T*, int, int, int, int, cudaStream_t);          \
   template void attention_backward_flash<T>(T*, float*, const T*, const T*, const T*, const float*, int,     \
-                                            int, int, int, cudaStream_t);
+                                            int, int, int, cudaStream_t);                                    \
+  template void attention_decode<T>(T*, float*, const T*, const T*, const T*, int, int, int, cudaStream_t);
 SCMOE_ATTENTION_INSTANTIATE(float)
 SCMOE_ATTENTION_INSTANTIATE(bf16)
 #undef SCMOE_ATTENTION_INSTANTIATE

@@ -65,4 +65,11 @@ template <class T>
 void attention_backward_flash(T* dqkv, float* delta, const T* dout, const T* qkv, const T* out,
                               const float* lse, int B, int Tn, int C, int H, cudaStream_t stream);
 
+// The decode step of generation (twin of cpu::attention_decode): one query q [C] (the newest position)
+// over a KV cache k, v [Tk, C] (the newest included). att: [H, Tk] fp32, the softmax probabilities
+// (scratch the caller keeps); out: [C]. One block per head.
+template <class T>
+void attention_decode(T* out, float* att, const T* q, const T* k, const T* v, int Tk, int C, int H,
+                      cudaStream_t stream);
+
 SCMOE_CUDA_END

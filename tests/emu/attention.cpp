@@ -5,6 +5,8 @@
 #include "kernels/cpu/attention.h"
 
 #include <algorithm>
+#include <array>
+#include <type_traits>
 #include <cstdio>
 #include <string>
 
@@ -111,6 +113,29 @@ void check(int B, int Tn, int H, int hd, int schedules) {
   }
 }
 
+// The decode step: one query over a cache of Tk positions, against cpu::attention_decode in double.
+template <class T>
+void check_decode(int Tk, int H, int hd) {
+  const int C = H * hd;
+  std::vector<float> q = kt::to_floats(kt::store_as<T>(kt::random_vec(C, 100 + Tk, -2.f, 2.f)));
+  std::vector<float> k = kt::to_floats(kt::store_as<T>(kt::random_vec(size_t(Tk) * C, 200 + Tk, -2.f, 2.f)));
+  std::vector<float> v = kt::to_floats(kt::store_as<T>(kt::random_vec(size_t(Tk) * C, 300 + Tk)));
+  std::vector<double> out(C), att(size_t(H) * Tk);
+  scmoe::cpu::attention_decode(out.data(), att.data(), to_d(q).data(), to_d(k).data(), to_d(v).data(), Tk, C, H);
+  const bool bf = std::is_same<T, bf16>::value;
+  const std::string name = std::string("attention_decode ") + kt::type_name<T>() + " Tk=" + std::to_string(Tk) +
+                           " H=" + std::to_string(H) + " hd=" + std::to_string(hd);
+  kt::for_each_schedule(bf ? 1 : 3, [&](int) {
+    kt::Buf<T> dq(kt::store_as<T>(q)), dk(kt::store_as<T>(k)), dv(kt::store_as<T>(v)), dout(C);
+    kt::Buf<float> datt(size_t(H) * Tk);
+    cu::attention_decode(dout.get(), datt.get(), dq.get(), dk.get(), dv.get(), Tk, C, H, nullptr);
+    kt::sync();
+    const double m = max_abs(out);
+    kt::expect_close(name + " out", dout.download(), out, bf ? 1.0 / 128 : kRtol32, (bf ? 1.0 / 256 : kAtol32) * m);
+    kt::expect_close(name + " att", datt.download(), att, kRtol32, kAtol32);
+  });
+}
+
 }  // namespace
 
 int main() {
@@ -125,6 +150,11 @@ int main() {
     std::printf("GEMM backend %s [%s]\n", cu::gemm_backend() == cu::GemmBackend::simt ? "simt" : "cublas",
                 kt::mode());
     for (const auto& s : shapes) check(s[0], s[1], s[2], s[3], 3);
+  }
+  // Tk: one position, below one warp, several passes of the 128 threads; head sizes above 128 threads.
+  for (const auto& d : {std::array<int, 3>{1, 1, 8}, {7, 3, 16}, {67, 2, 32}, {300, 1, 130}}) {
+    check_decode<float>(d[0], d[1], d[2]);
+    check_decode<bf16>(d[0], d[1], d[2]);
   }
   TEST_MAIN_END();
 }
