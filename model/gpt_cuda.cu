@@ -138,6 +138,8 @@ GptCuda<T>::GptCuda(const Config& cfg, const ParamTable& table, int B, cudaStrea
                            : cfg.scmoe.combine == "cg2" ? CombineKind::cg2
                                                         : CombineKind::add;
   layers_.resize(mc_.n_layer);
+  wte_ = offset_of(table, "wte"), wpe_ = offset_of(table, "wpe"), lnf_w_ = offset_of(table, "ln_f.weight");
+  if (mc_.norm != "rmsnorm") lnf_b_ = offset_of(table, "ln_f.bias");
   for (int l = 0; l < mc_.n_layer; l++) {
     const std::string p = "blocks." + std::to_string(l);
     Layer& L = layers_[l];
@@ -337,7 +339,7 @@ float GptCuda<T>::forward(const int32_t* inputs, const int32_t* targets, float g
   const AttentionPath path = AttentionPath(attention_path_);
   const T* w = params_t_;
   to_device(stream_, inputs_, inputs, N * sizeof(int32_t), "input tokens");
-  encoder_forward(resid_[0], inputs_, w + offset_of(table_, "wte"), w + offset_of(table_, "wpe"), B_, Tn_, C,
+  encoder_forward(resid_[0], inputs_, w + wte_, w + wpe_, B_, Tn_, C,
                   stream_);
   for (int l = 0; l < mc_.n_layer; l++) {
     Layer& L = layers_[l];
@@ -394,11 +396,10 @@ float GptCuda<T>::forward(const int32_t* inputs, const int32_t* targets, float g
     }
   }
   const T* xf = resid_[mc_.n_layer];
-  const size_t lnf_w = offset_of(table_, "ln_f.weight");
-  if (rms) rmsnorm_forward(lnf_out_, lnf_rstd_, xf, w + lnf_w, N, C, stream_);
-  else layernorm_forward(lnf_out_, lnf_mean_, lnf_rstd_, xf, w + lnf_w, w + offset_of(table_, "ln_f.bias"), N, C,
+  if (rms) rmsnorm_forward(lnf_out_, lnf_rstd_, xf, w + lnf_w_, N, C, stream_);
+  else layernorm_forward(lnf_out_, lnf_mean_, lnf_rstd_, xf, w + lnf_w_, w + lnf_b_, N, C,
                          stream_);
-  matmul_forward(logits_, lnf_out_, w + offset_of(table_, "wte"), (const T*)nullptr, N, C, V_, stream_);
+  matmul_forward(logits_, lnf_out_, w + wte_, (const T*)nullptr, N, C, V_, stream_);
   grad_scale_ = 0;
   if (!targets) return 0.f;
   for (int i = 0; i < N; i++)
@@ -420,13 +421,13 @@ void GptCuda<T>::backward() {
   const AttentionPath path = AttentionPath(attention_path_);
   const T* w = params_t_;
   float* g = grads_;
-  const size_t wte = offset_of(table_, "wte"), lnf_w = offset_of(table_, "ln_f.weight");
+  const size_t wte = wte_, lnf_w = lnf_w_;
   matmul_backward<T, float>(dnorm_, g + wte, nullptr, logits_, lnf_out_, w + wte, N, C, V_, false, stream_);
   if (rms)
     rmsnorm_backward(dresid_, g + lnf_w, dnorm_, resid_[mc_.n_layer], w + lnf_w, lnf_rstd_, N, C, false, workspace_,
                      workspace_bytes_, stream_);
   else {
-    const size_t lnf_b = offset_of(table_, "ln_f.bias");
+    const size_t lnf_b = lnf_b_;
     layernorm_backward(dresid_, g + lnf_w, g + lnf_b, dnorm_, resid_[mc_.n_layer], w + lnf_w, lnf_mean_, lnf_rstd_,
                        N, C, false, workspace_, workspace_bytes_, stream_);
   }
@@ -488,7 +489,7 @@ void GptCuda<T>::backward() {
                            N, C, true, workspace_, workspace_bytes_, stream_);
     }
   }
-  encoder_backward(g + wte, g + offset_of(table_, "wpe"), dresid_, inputs_, B_, Tn_, C_, V_, workspace_,
+  encoder_backward(g + wte, g + wpe_, dresid_, inputs_, B_, Tn_, C_, V_, workspace_,
                    workspace_bytes_, stream_);
   grad_scale_ = 0;  // the dlogits buffer is consumed
 }

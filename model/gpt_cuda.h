@@ -97,6 +97,7 @@ class GptCuda {
   std::vector<T*> resid_;
   T *lnf_out_ = nullptr, *logits_ = nullptr, *dresid_ = nullptr, *dnorm_ = nullptr, *datty_ = nullptr;
   T *dqkv_ = nullptr, *dh_ = nullptr, *dg_ = nullptr, *att_scratch_ = nullptr;
+  size_t wte_ = 0, wpe_ = 0, lnf_w_ = 0, lnf_b_ = 0;  // offsets of the top-level tensors
   float *lnf_mean_ = nullptr, *lnf_rstd_ = nullptr, *losses_ = nullptr, *loss_ = nullptr;
   float *att_scratch_f32_ = nullptr, *clip_ = nullptr;
   // MoE scratch (shared by the layers): the routed output, backward buffers, the plan's offsets
