@@ -19,6 +19,28 @@ constexpr int kWarps = 8;           // rows in flight per block
 constexpr int kMaxRowBlocks = 256;  // forward grid cap: bounds the partials the final pass folds
 constexpr int kFinalThreads = 256;
 
+// One warp's row of E logits (lane holds experts lane, lane+32, ...): p[i] = exp(logit - max) (0 past
+// E), sum = their warp-wide sum; returns the row's logsumexp.
+template <class T, int EPL>
+__device__ __forceinline__ float row_exp_lse(const T* l, int E, int lane, float (&p)[EPL], float& sum) {
+  float m = -INFINITY;
+  ROUTER_UNROLL
+  for (int i = 0; i < EPL; i++) {
+    const int e = lane + 32 * i;
+    p[i] = e < E ? to_f32(l[e]) : -INFINITY;
+    m = fmaxf(m, p[i]);
+  }
+  m = warp_max(m);
+  float s = 0.f;
+  ROUTER_UNROLL
+  for (int i = 0; i < EPL; i++) {
+    p[i] = lane + 32 * i < E ? expf(p[i] - m) : 0.f;
+    s += p[i];
+  }
+  sum = warp_sum(s);
+  return m + logf(sum);
+}
+
 int g_block_cap = kMaxRowBlocks;
 int forward_blocks(int N) { return N <= 0 ? 0 : std::min<int>(ceil_div(N, kWarps), g_block_cap); }
 
@@ -54,25 +76,8 @@ __global__ void __launch_bounds__(kWarps * 32)
   float zacc = 0.f;
 
   for (int n = blockIdx.x * kWarps + warp; n < N; n += gridDim.x * kWarps) {
-    const T* l = logits + (int64_t)n * E;
-    float p[EPL];
-    float m = -INFINITY;
-    ROUTER_UNROLL
-    for (int i = 0; i < EPL; i++) {
-      const int e = lane + 32 * i;
-      p[i] = e < E ? to_f32(l[e]) : -INFINITY;
-      m = fmaxf(m, p[i]);
-    }
-    m = warp_max(m);
-    float s = 0.f;
-    ROUTER_UNROLL
-    for (int i = 0; i < EPL; i++) {
-      const int e = lane + 32 * i;
-      p[i] = e < E ? expf(p[i] - m) : 0.f;
-      s += p[i];
-    }
-    s = warp_sum(s);
-    const float lse = m + logf(s);
+    float p[EPL], s;
+    const float lse = row_exp_lse<T, EPL>(logits + (int64_t)n * E, E, lane, p, s);
     zacc += lse * lse;
     float* pr = probs + (int64_t)n * E;
     ROUTER_UNROLL
@@ -205,20 +210,8 @@ __global__ void __launch_bounds__(kWarps * 32)
     pdp = warp_sum(pdp);
     float zc = 0.f;
     if (zc_unit != 0.f) {  // lse is not saved by the forward; recompute it from the logits
-      const T* l = logits + (int64_t)n * E;
-      float x[EPL], m = -INFINITY;
-      ROUTER_UNROLL
-      for (int i = 0; i < EPL; i++) {
-        const int e = lane + 32 * i;
-        x[i] = e < E ? to_f32(l[e]) : -INFINITY;
-        m = fmaxf(m, x[i]);
-      }
-      m = warp_max(m);
-      float s = 0.f;
-      ROUTER_UNROLL
-      for (int i = 0; i < EPL; i++) s += (lane + 32 * i < E) ? expf(x[i] - m) : 0.f;
-      s = warp_sum(s);
-      zc = zc_unit * (m + logf(s));
+      float x[EPL], s;
+      zc = zc_unit * row_exp_lse<T, EPL>(logits + (int64_t)n * E, E, lane, x, s);
     }
     T* dl = dlogits + (int64_t)n * E;
     ROUTER_UNROLL
