@@ -403,18 +403,6 @@ __global__ void __launch_bounds__(kFlashThreads)
   }
 }
 
-// Kernels whose shared memory exceeds the default 48 KiB must opt in once (natively; the emulation
-// only checks the 227 KiB hardware limit).
-template <class... P>
-void allow_smem(void (*kernel)(P...), size_t bytes) {
-#if defined(SCMOE_SIMT_EMU)
-  (void)kernel, (void)bytes;
-#else
-  if (bytes > 48 * 1024)
-    SCMOE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
-#endif
-}
-
 // Backward tiles: 64 wide up to hd 64; 32 for larger heads, to stay within an A100's shared memory.
 template <int HD>
 constexpr int backward_tile() {
@@ -598,7 +586,7 @@ void attention_decode(T* out, float* att, const T* q, const T* k, const T* v, in
   SCMOE_CHECK(Tk >= 1 && H >= 1 && C % H == 0, "attention_decode: Tk " << Tk << ", C " << C << ", H " << H);
   const int hd = C / H;
   launch(attention_decode_kernel<T>, H, 128, 0, stream, out, att, q, k, v, Tk, C, hd,
-         float(1.0 / std::sqrt(double(hd))));
+         softmax_scale(hd));
 }
 
 #define SCMOE_ATTENTION_INSTANTIATE(T)                                                                       \

@@ -7,6 +7,8 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <mutex>
+#include <unordered_map>
 
 #if defined(SCMOE_SIMT_EMU)
 #include "tests/emu/simt.h"
@@ -49,6 +51,25 @@ void launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, cudaStream
 #endif
 
 inline unsigned ceil_div(int64_t a, int64_t b) { return unsigned((a + b - 1) / b); }
+
+// Kernels whose dynamic shared memory exceeds the default 48 KiB must opt in (natively; the emulation
+// only checks the 227 KiB hardware limit). The driver is asked once per kernel and larger size, not on
+// every launch.
+template <class... P>
+void allow_smem(void (*kernel)(P...), size_t bytes) {
+#if defined(SCMOE_SIMT_EMU)
+  (void)kernel, (void)bytes;
+#else
+  if (bytes <= 48 * 1024) return;
+  static std::mutex mu;
+  static std::unordered_map<const void*, size_t> granted;
+  std::lock_guard<std::mutex> lock(mu);
+  size_t& g = granted[reinterpret_cast<const void*>(kernel)];
+  if (bytes <= g) return;
+  SCMOE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+  g = bytes;
+#endif
+}
 
 // Storage type <-> fp32 (all arithmetic is fp32; bf16 is storage only).
 __host__ __device__ __forceinline__ float to_f32(float x) { return x; }

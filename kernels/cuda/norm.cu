@@ -133,10 +133,7 @@ void launch_norm_backward(T* dinp, float* partial, const T* dout, const T* inp, 
   const int per_thread = int(ceil_div(packs, threads));
   const size_t smem = size_t(RMS ? 1 : 2) * per_thread * VEC * threads * sizeof(float);
   auto kernel = norm_backward_kernel<RMS, VEC, T>;
-#if !defined(SCMOE_SIMT_EMU)
-  if (smem > 48 * 1024)
-    SCMOE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-#endif
+  allow_smem(kernel, smem);
   launch(kernel, G, threads, smem, stream, dinp, partial, dout, inp, w, mean, rstd, N, C, accumulate);
 }
 
