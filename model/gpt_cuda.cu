@@ -338,7 +338,13 @@ float GptCuda<T>::forward(const int32_t* inputs, const int32_t* targets, float g
   const int N = N_, C = C_, H = mc_.n_head;
   const AttentionPath path = AttentionPath(attention_path_);
   const T* w = params_t_;
+  // Both uploads before any launch: a synchronous copy after them would wait for the whole forward.
   to_device(stream_, inputs_, inputs, N * sizeof(int32_t), "input tokens");
+  if (targets) {
+    for (int i = 0; i < N; i++)
+      SCMOE_CHECK(targets[i] >= 0 && targets[i] < V_, "target token " << targets[i] << " outside the vocabulary");
+    to_device(stream_, targets_, targets, N * sizeof(int32_t), "target tokens");
+  }
   encoder_forward(resid_[0], inputs_, w + wte_, w + wpe_, B_, Tn_, C,
                   stream_);
   for (int l = 0; l < mc_.n_layer; l++) {
@@ -402,9 +408,6 @@ float GptCuda<T>::forward(const int32_t* inputs, const int32_t* targets, float g
   matmul_forward(logits_, lnf_out_, w + wte_, (const T*)nullptr, N, C, V_, stream_);
   grad_scale_ = 0;
   if (!targets) return 0.f;
-  for (int i = 0; i < N; i++)
-    SCMOE_CHECK(targets[i] >= 0 && targets[i] < V_, "target token " << targets[i] << " outside the vocabulary");
-  to_device(stream_, targets_, targets, N * sizeof(int32_t), "target tokens");
   crossentropy_forward_backward(logits_, losses_, targets_, N, V_, grad_scale, grad_scale > 0, stream_);
   crossentropy_mean_loss(loss_, losses_, N, stream_);
   grad_scale_ = grad_scale;

@@ -71,10 +71,12 @@ Generator<T>::Generator(GPT<T>& model, const InferenceConfig& ic)
   // The routed branches and where their inputs come from (as gpt.cpp wired them).
   taps_ = model.branches();
   // Speculation for MoE block m (m >= 1) happens after the attention of block m-1, on its residual
-  // a_{m-1}: the hidden state one block ahead. (For block 0 there is nothing earlier than its own gate.)
+  // a_{m-1}: the hidden state one block ahead. Only branches whose gate reads their own block need it:
+  // a shortcut tap from block m-1 (ScMoE Pos-2/3) decides by then anyway, and a wrong guess would only
+  // queue ahead of the real copy. (For block 0 there is nothing earlier than its own gate.)
   spec_at_.assign(L_, {});
   for (const BranchTap& t : taps_)
-    if (t.block >= 1) spec_at_[t.block - 1].push_back(t.block);
+    if (t.block >= 1 && t.src == t.block) spec_at_[t.block - 1].push_back(t.block);
 
   arena_.begin_measure();
   alloc(arena_);
