@@ -2,6 +2,8 @@
 # Fetches, on a machine with Debian's package archive, the libraries `train` builds against that a
 # GPU machine without network access may lack (yaml-cpp, Boost.ProgramOptions, Gloo and what it links,
 # OpenBLAS), as .deb files in DIR (default .gpudeps/, kept out of git through .git/info/exclude).
+# The package names are Debian 12 (bookworm)'s, the release scripts/setup.sh targets; apt-get stops
+# with an error naming any that another release lacks.
 # Carry DIR to the GPU machine and run `bench/gpu.sh --deps DIR`: it unpacks them into a private prefix
 # (dpkg -x, nothing installed system-wide) and builds against it. About 25 MB.
 set -euo pipefail
