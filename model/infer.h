@@ -24,22 +24,10 @@
 #include "core/arena.h"
 #include "model/expert_cache.h"
 #include "model/gpt.h"
+#include "model/infer_types.h"
 #include "train/config.h"
 
 namespace scmoe {
-
-enum class Migration { blocking, async, speculative };
-Migration parse_migration(const std::string& s);
-
-// Bytes the device would hold. Everything is allocated once at start, so the peak is the total.
-struct DeviceMemory {
-  size_t expert_params = 0;  // every routed expert of every layer
-  size_t other_params = 0;   // everything else (embeddings, attention, norms, gates, shared experts)
-  size_t expert_cache = 0;   // the cache slots (offloading only)
-  size_t kv_cache = 0, activations = 0;
-  size_t resident() const { return expert_params + other_params + kv_cache + activations; }
-  size_t offloaded() const { return other_params + expert_cache + kv_cache + activations; }
-};
 
 template <class T>
 class Generator {
@@ -63,7 +51,7 @@ class Generator {
   // Offloading counters per MoE layer (layer index, counters) and summed; empty when not offloading.
   std::vector<std::pair<int, OffloadStats>> layer_stats() const;
   OffloadStats offload_stats() const;
-  const HostLink* link() const { return link_.get(); }
+  const ExpertLink* link() const { return link_.get(); }
   const ExpertCache<T>* cache(int layer) const;
 
  private:
@@ -106,7 +94,7 @@ class Generator {
   std::vector<int32_t> ctx_;
   int slides_ = 0;
   int64_t positions_ = 0;
-  std::unique_ptr<HostLink> link_;  // declared before the caches: they are destroyed first
+  std::unique_ptr<ExpertLink> link_;  // declared before the caches: they are destroyed first
   std::vector<std::unique_ptr<ExpertCache<T>>> caches_;  // per block (null for blocks without experts)
 };
 

@@ -126,7 +126,7 @@ int generate(const Config& cfg, const GenerateOptions& opt) {
   const OffloadStats os = gen.offload_stats();
   const char* migration = cfg.inference.migration.c_str();
   if (gen.offloading()) {
-    const HostLink& link = *gen.link();
+    const ExpertLink& link = *gen.link();
     char linkdesc[96];
     if (link.simulated())
       std::snprintf(linkdesc, sizeof linkdesc, "host link %.3g GB/s + %.3g us (simulated)", link.gb_s(),

@@ -146,6 +146,29 @@ void device_free(void* p) {
 #endif
 }
 
+void* host_pinned_alloc(size_t bytes, const std::string& what) {
+  if (bytes == 0) return nullptr;
+  void* p = nullptr;
+#if defined(SCMOE_SIMT_EMU)
+  p = std::aligned_alloc(256, (bytes + 255) / 256 * 256);
+  SCMOE_CHECK(p, "out of host memory allocating " << what << " (" << format_bytes(bytes) << ")");
+#else
+  SCMOE_CUDA_CHECK_FOR(cudaHostAlloc(&p, bytes, cudaHostAllocDefault),
+                       "pinned host memory for " + what + " (" + format_bytes(bytes) + ")");
+#endif
+  return p;
+}
+
+void host_pinned_free(void* p) {
+  if (!p) return;
+#if defined(SCMOE_SIMT_EMU)
+  std::free(p);
+#else
+  cudaError_t err = cudaFreeHost(p);
+  if (err != cudaSuccess) std::fprintf(stderr, "warning: cudaFreeHost failed: %s\n", cudaGetErrorString(err));
+#endif
+}
+
 void check_copy_size(const std::string& what, size_t n, size_t capacity) {
   SCMOE_CHECK(n <= capacity,
               "copy of " << n << " elements into or out of " << what << " which holds " << capacity);

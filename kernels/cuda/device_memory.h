@@ -36,6 +36,12 @@ std::string oom_message(const std::string& what, size_t bytes, DeviceMemInfo inf
 void* device_alloc(size_t bytes, const std::string& what);
 void device_free(void* p);  // nullptr is fine
 
+// Page-locked host memory (cudaHostAlloc), so that copies from it run asynchronously at the link's full
+// rate (expert offloading keeps the routed experts there); the error names `what`. Emulated: plain
+// host memory, 256-byte aligned.
+void* host_pinned_alloc(size_t bytes, const std::string& what);
+void host_pinned_free(void* p);  // nullptr is fine
+
 // Checked copies (what: a name for the error message). The synchronous ones return when the copy is
 // done; the async ones are ordered on `stream` (host memory should be pinned for real overlap).
 void copy_to_device(void* dst, const void* src, size_t bytes, const char* what);
