@@ -137,8 +137,35 @@ errors)
   expect_error "nowhere" "${TINY[@]}" --set model.arch=moe --resume nowhere --prompt hi
   expect_error "tensor" "${TINY[@]}" --set model.arch=moe --set model.d_model=32 --set train.out_dir=run \
     --resume auto --prompt hi
+  # Without a usable GPU an explicit train.device cuda says so (with one, the `cuda` case runs instead).
+  if ! "$TRAIN" generate "${base[@]}" --prompt hi --set train.device=cuda >out.txt 2>err.txt; then
+    grep -q "cuda requested but no CUDA device is usable" err.txt || fail "unclear error for device cuda: $(cat err.txt)"
+  fi
   "$TRAIN" generate --help | grep -q -- "--max-new-tokens" || fail "generate --help lacks --max-new-tokens"
   echo "all documented errors seen"
+  ;;
+cuda)
+  # Generation on the GPU (label gpu; exit 77 = skipped without a usable device): a model trained on
+  # the device, continued in fp32 and bf16, with offloading on and off giving the same bytes; the
+  # device's figures in the stats line. The numerics against the CPU are tests/emu/infer_cuda.cpp's.
+  probe=$("$TRAIN" generate "${TINY[@]}" --set train.device=cuda --resume nowhere --prompt x 2>&1 || true)
+  if grep -q "no CUDA device is usable" <<<"$probe"; then
+    echo "SKIPPED: no usable CUDA device (train.device cuda is refused)"
+    exit 77
+  fi
+  train_model run --set model.arch=scmoe --set train.device=cuda
+  common=(--set model.arch=scmoe --set train.out_dir=run --resume auto --prompt "KING:" --max-new-tokens 60
+          --seed 7 --set train.device=cuda)
+  for prec in fp32 bf16; do
+    gen "off_$prec.txt" "${common[@]}" --set train.precision=$prec
+    grep -q '"device": "cuda"' "off_$prec.txt.err" || fail "generate did not run on cuda: $(cat "off_$prec.txt.err")"
+    for mode in async blocking speculative; do
+      gen "${mode}_$prec.txt" "${common[@]}" --set train.precision=$prec --set inference.offload_experts=true \
+        --set inference.expert_cache_slots=1 --set inference.migration=$mode
+      cmp "off_$prec.txt" "${mode}_$prec.txt" || fail "offloading ($mode, $prec) changed the output on cuda"
+    done
+    grep "tokens/s\|device memory" "async_$prec.txt.err"
+  done
   ;;
 *)
   fail "unknown case"

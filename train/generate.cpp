@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <type_traits>
 #include <vector>
 
 #include "core/check.h"
@@ -17,6 +18,9 @@
 #include "data/tokenizer.h"
 #include "model/gpt.h"
 #include "model/infer.h"
+#ifdef SCMOE_HAVE_CUDA
+#include "model/infer_cuda.h"
+#endif
 #include "train/checkpoint.h"
 #include "train/checkpoint_dir.h"
 
@@ -53,48 +57,13 @@ std::string prompt_text(const GenerateOptions& opt) {
   return s.str();
 }
 
-template <class T>
-int generate(const Config& cfg, const GenerateOptions& opt) {
-  std::string notice;
-  Device dev = select_device(cfg.train.device, &notice);
-  SCMOE_CHECK(
-      dev == Device::cpu || cfg.train.device == "auto",
-      "train.device: cuda: " << notice
-                             << ", but the CUDA kernels are not written yet; use train.device=cpu (or auto)");
-  if (dev == Device::cuda) notice += ", but the CUDA kernels are not written yet: using cpu";
-  std::fprintf(stderr, "%s\n", notice.c_str());
-  if (cfg.train.threads > 0) omp_set_num_threads(cfg.train.threads);
-  check_sampling(opt.sampling);
-  SCMOE_CHECK(opt.max_new_tokens >= 0, "--max-new-tokens must be >= 0, got " << opt.max_new_tokens);
-
-  const std::string root = (fs::path(cfg.train.out_dir) / "checkpoints").string();
-  const std::string dir = resolve_resume(opt.resume, root);
-  SCMOE_CHECK(!dir.empty(), "generate needs a checkpoint and there is none in "
-                                << root << ": train first (train --config ...) or pass --resume PATH");
-
-  const std::string text = prompt_text(opt);
-  std::string tok_notice;
-  const Tokenizer tok = Tokenizer::for_config(cfg, &tok_notice);
-  const std::vector<int32_t> prompt = tok.encode(text);
-  SCMOE_CHECK(!prompt.empty(), "the prompt is empty: generation needs at least one token to continue");
-  for (int32_t id : prompt)
-    SCMOE_CHECK(id >= 0 && id < cfg.model.vocab_size,
-                "prompt token " << id << " (" << tok.name() << " tokenizer) is not below model.vocab_size "
-                                << cfg.model.vocab_size);
-  GPT<T> model(cfg, 1);
-  read_model_file<T>((fs::path(dir) / "model.safetensors").string(), model.table(), model.params(),
-                     Subset::replicated);
-  if (!model.moe_stats().empty()) read_all_experts<T>(dir, model.table(), model.params());
-  if (cfg.inference.offload_experts && model.moe_stats().empty())
-    std::fprintf(stderr,
-                 "inference.offload_experts: model.arch dense has no routed experts; nothing to offload\n");
-  Generator<T> gen(model, cfg.inference);
-  std::fprintf(stderr, "generate: %s | %s, %.2f M parameters, %s | %s | OpenMP threads: %d\n", dir.c_str(),
-               cfg.model.arch.c_str(), model.num_params() / 1e6, cfg.train.dtype.c_str(), tok_notice.c_str(),
-               omp_get_max_threads());
-
+// Prompt in, continuation out: the decode loop and the figures, for either generator (CPU:
+// Generator<T>, logits in T; CUDA: GeneratorCuda<T>, logits in fp32 on the host).
+template <class Gen>
+int decode(const Config& cfg, const GenerateOptions& opt, Gen& gen, const std::vector<int32_t>& prompt,
+           const Tokenizer& tok, const char* device) {
   const double t_prefill = now_ms();
-  const T* logits = nullptr;
+  decltype(gen.step(0)) logits = nullptr;
   for (int32_t id : prompt) logits = gen.step(id);
   const double prefill_ms = now_ms() - t_prefill;
 
@@ -161,7 +130,7 @@ int generate(const Config& cfg, const GenerateOptions& opt) {
   // One machine-readable line for scripts (bench/offload.sh).
   std::fprintf(
       stderr,
-      "generate_stats {\"arch\": \"%s\", \"offload\": %s, \"migration\": \"%s\", \"cache_slots\": %d, "
+      "generate_stats {\"device\": \"%s\", \"arch\": \"%s\", \"offload\": %s, \"migration\": \"%s\", \"cache_slots\": %d, "
       "\"num_experts\": %d, \"host_link_gb_s\": %g, \"prompt_tokens\": %zu, \"new_tokens\": %d, "
       "\"positions\": %lld, "
       "\"prefill_ms\": %.3f, \"tokens_per_s\": %.2f, \"latency_ms_median\": %.4f, \"latency_ms_p90\": %.4f, "
@@ -169,7 +138,7 @@ int generate(const Config& cfg, const GenerateOptions& opt) {
       "\"bytes_migrated\": %lld, \"transfers\": %lld, \"spec_transfers\": %lld, \"spec_hits\": %lld, "
       "\"requests\": %lld, \"hit_rate\": %.4f, \"exposed_transfer_ms\": %.3f, \"link_busy_ms\": %.3f, "
       "\"threads\": %d}\n",
-      cfg.model.arch.c_str(), gen.offloading() ? "true" : "false", migration,
+      device, cfg.model.arch.c_str(), gen.offloading() ? "true" : "false", migration,
       cfg.inference.expert_cache_slots, cfg.moe.num_experts, cfg.inference.host_link_gb_s, prompt.size(),
       opt.max_new_tokens, (long long)gen.positions(), prefill_ms, tok_s, med, p90, peak, mem.resident(),
       cut / 100, (long long)os.bytes, (long long)os.transfers, (long long)os.spec_transfers,
@@ -178,11 +147,90 @@ int generate(const Config& cfg, const GenerateOptions& opt) {
   return 0;
 }
 
+
+template <class T>
+int generate_cpu(const Config& cfg, const GenerateOptions& opt, GPT<T>& model, const std::vector<int32_t>& prompt,
+                 const Tokenizer& tok, const std::string& banner) {
+  Generator<T> gen(model, cfg.inference);
+  std::fprintf(stderr, "%s | %s | OpenMP threads: %d\n", banner.c_str(), cfg.train.dtype.c_str(),
+               omp_get_max_threads());
+  return decode(cfg, opt, gen, prompt, tok, "cpu");
+}
+
+#ifdef SCMOE_HAVE_CUDA
+template <class T>
+int generate_cuda(const Config& cfg, const GenerateOptions& opt, GPT<float>& model,
+                  const std::vector<int32_t>& prompt, const Tokenizer& tok, const std::string& banner) {
+  cuda::GeneratorCuda<T> gen(cfg, model.table(), model.params());
+  std::fprintf(stderr, "%s | cuda, precision %s%s\n", banner.c_str(), cfg.train.precision.c_str(),
+               gen.offloading() ? ", routed experts in pinned host memory" : "");
+  return decode(cfg, opt, gen, prompt, tok, "cuda");
+}
+#endif
+
+template <class T>
+int generate(const Config& cfg, const GenerateOptions& opt, Device dev) {
+  if (cfg.train.threads > 0) omp_set_num_threads(cfg.train.threads);
+  check_sampling(opt.sampling);
+  SCMOE_CHECK(opt.max_new_tokens >= 0, "--max-new-tokens must be >= 0, got " << opt.max_new_tokens);
+
+  const std::string root = (fs::path(cfg.train.out_dir) / "checkpoints").string();
+  const std::string dir = resolve_resume(opt.resume, root);
+  SCMOE_CHECK(!dir.empty(), "generate needs a checkpoint and there is none in "
+                                << root << ": train first (train --config ...) or pass --resume PATH");
+
+  const std::string text = prompt_text(opt);
+  std::string tok_notice;
+  const Tokenizer tok = Tokenizer::for_config(cfg, &tok_notice);
+  const std::vector<int32_t> prompt = tok.encode(text);
+  SCMOE_CHECK(!prompt.empty(), "the prompt is empty: generation needs at least one token to continue");
+  for (int32_t id : prompt)
+    SCMOE_CHECK(id >= 0 && id < cfg.model.vocab_size,
+                "prompt token " << id << " (" << tok.name() << " tokenizer) is not below model.vocab_size "
+                                << cfg.model.vocab_size);
+  GPT<T> model(cfg, 1);
+  read_model_file<T>((fs::path(dir) / "model.safetensors").string(), model.table(), model.params(),
+                     Subset::replicated);
+  if (!model.moe_stats().empty()) read_all_experts<T>(dir, model.table(), model.params());
+  if (cfg.inference.offload_experts && model.moe_stats().empty())
+    std::fprintf(stderr,
+                 "inference.offload_experts: model.arch dense has no routed experts; nothing to offload\n");
+  char banner[512];
+  std::snprintf(banner, sizeof banner, "generate: %s | %s, %.2f M parameters | %s", dir.c_str(),
+                cfg.model.arch.c_str(), model.num_params() / 1e6, tok_notice.c_str());
+#ifdef SCMOE_HAVE_CUDA
+  if constexpr (std::is_same<T, float>::value) {
+    if (dev == Device::cuda) {
+      if (cfg.inference.offload_experts && (cfg.inference.host_link_gb_s > 0 || cfg.inference.host_link_latency_us > 0))
+        std::fprintf(stderr, "inference.host_link_gb_s / host_link_latency_us simulate the link on the cpu "
+                             "backend; on cuda the experts cross the real host-to-device link\n");
+      if (cfg.train.precision == "bf16") return generate_cuda<cuda::bf16>(cfg, opt, model, prompt, tok, banner);
+      return generate_cuda<float>(cfg, opt, model, prompt, tok, banner);
+    }
+  }
+#endif
+  (void)dev;
+  return generate_cpu(cfg, opt, model, prompt, tok, banner);
+}
+
 }  // namespace
 
+// The device: the CUDA backend generates in float32 storage (precision fp32 or bf16); float64 is the
+// CPU's (auto falls back to it, an explicit cuda is an error).
 int run_generate(const Config& cfg, const GenerateOptions& opt) {
-  if (cfg.train.dtype == "float64") return generate<double>(cfg, opt);
-  return generate<float>(cfg, opt);
+  std::string notice;
+  Device dev = select_device(cfg.train.device, &notice);
+  if (dev == Device::cuda && cfg.train.dtype == "float64") {
+    SCMOE_CHECK(cfg.train.device == "auto",
+                "train.device cuda: train.dtype float64 is not on the CUDA backend; use train.device cpu");
+    notice += ", but train.dtype float64 is not on the CUDA backend: using cpu";
+    dev = Device::cpu;
+  }
+  SCMOE_CHECK(dev == Device::cuda || cfg.train.precision == "fp32",
+              "train.precision " << cfg.train.precision << " needs the CUDA backend (this run uses cpu)");
+  std::fprintf(stderr, "%s\n", notice.c_str());
+  if (cfg.train.dtype == "float64") return generate<double>(cfg, opt, dev);
+  return generate<float>(cfg, opt, dev);
 }
 
 }  // namespace scmoe
