@@ -6,7 +6,9 @@
 #   3. bench_gpu_kernels (per-kernel time vs the bandwidth / matrix-rate floor),
 #   4. `train` on the CUDA backend, GPT-2 small (L12 C768 H12 F3072 T1024 V50304), fp32 and bf16,
 #   5. the same model in PyTorch on the same GPU (bench/torch_train.py: eager and torch.compile),
-#   6. the results (tokens/s, MFU, speed-ups, kernel table, test status) into docs/gpu_benchmarks.md.
+#   6. the results (tokens/s, MFU, speed-ups, kernel table, test status) into docs/gpu_benchmarks.md,
+#   7. expert offloading in generation on this GPU (DEVICE=cuda bench/offload.sh: real PCIe link, pinned
+#      memory, blocking vs async vs speculative) into docs/offload_table_cuda.md.
 #
 #   bench/gpu.sh [--quick] [--batch B] [--steps N] [options]     (bench/gpu.sh --help lists them)
 #
@@ -32,7 +34,7 @@ usage: bench/gpu.sh [options]
   --no-build         use the existing build directory as it is
   --deps DIR         .deb files from scripts/gpu_deps.sh (yaml-cpp, Boost, Gloo, OpenBLAS) for a machine
                      that lacks them: unpacked into a private prefix (dpkg -x) and built against
-  --no-tests --no-sanitizer --no-kernels --no-train --no-torch   skip a stage
+  --no-tests --no-sanitizer --no-kernels --no-train --no-torch --no-offload   skip a stage
   --torch-moe        also run the MoE architectures in PyTorch (bf16 eager, reference only)
   -h, --help         this text
 Exit status: 0 all stages passed, 1 a stage failed, 77 no usable NVIDIA GPU (nothing run).
@@ -40,7 +42,7 @@ EOF
 }
 
 QUICK=0 BATCH="" STEPS="" KBATCH=8 BUILD=build-gpu RUN="" DOC=docs/gpu_benchmarks.md CC="" DEPS=""
-DO_BUILD=1 DO_TESTS=1 DO_SAN=1 DO_KERNELS=1 DO_TRAIN=1 DO_TORCH=1 TORCH_MOE=0
+DO_BUILD=1 DO_TESTS=1 DO_SAN=1 DO_KERNELS=1 DO_TRAIN=1 DO_TORCH=1 DO_OFFLOAD=1 TORCH_MOE=0
 ARGS="$*"
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -60,6 +62,7 @@ while [[ $# -gt 0 ]]; do
     --no-kernels) DO_KERNELS=0 ;;
     --no-train) DO_TRAIN=0 ;;
     --no-torch) DO_TORCH=0 ;;
+    --no-offload) DO_OFFLOAD=0 ;;
     --torch-moe) TORCH_MOE=1 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "bench/gpu.sh: unknown option '$1' (see --help)" >&2; exit 1 ;;
@@ -369,6 +372,18 @@ if ((DO_TORCH)); then
       done
     fi
   fi
+fi
+
+# ---- 7 (run before the report, which lists its stage). Expert offloading in generation on this GPU.
+if ((DO_OFFLOAD)); then
+  offload() {
+    BUILD=$BUILD DEVICE=cuda REPS=$((QUICK ? 1 : 3)) timeout 900 bench/offload.sh $((QUICK ? 100 : 300)) \
+      >"$RUN/offload.txt" 2>&1
+    local rc=$?
+    tail -12 "$RUN/offload.txt"
+    return "$rc"
+  }
+  stage offload offload
 fi
 
 # ---- 6. The report.

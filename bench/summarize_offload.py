@@ -44,10 +44,20 @@ def main():
     loadavg = ""
     if os.path.exists(os.path.join(out, "loadavg")):
         loadavg = " Load average (1 min) before / after: " + " / ".join(open(os.path.join(out, "loadavg")).read().split()) + "."
-    lines = [f"Machine: {cpu}, 2 cores; `train generate`, 1 compute thread (the copy stream's thread on the "
-             f"other core), float32, {any_run['new_tokens']} new tokens after a {any_run['prompt_tokens']}-token "
-             f"prompt, medians over {reps} repetitions. Host-to-device links SIMULATED (+10 us per transfer); "
-             f"{offloaded['cache_slots']} of {offloaded['num_experts']} experts per MoE layer cached.{loadavg}", "",
+    if any_run.get("device") == "cuda":
+        gpu = subprocess.run("nvidia-smi --query-gpu=name --format=csv,noheader | head -1", shell=True,
+                             capture_output=True, text=True).stdout.strip() or "unknown GPU"
+        head = (f"Machine: {gpu} (host {cpu}); `train generate` on the CUDA backend, fp32, "
+                f"{any_run['new_tokens']} new tokens after a {any_run['prompt_tokens']}-token prompt, medians over "
+                f"{reps} repetitions. Routed experts in pinned host memory, copied over the machine's real "
+                f"host-to-device link (link column 0) on a copy stream; "
+                f"{offloaded['cache_slots']} of {offloaded['num_experts']} experts per MoE layer cached.")
+    else:
+        head = (f"Machine: {cpu}, 2 cores; `train generate`, 1 compute thread (the copy stream's thread on the "
+                f"other core), float32, {any_run['new_tokens']} new tokens after a {any_run['prompt_tokens']}-token "
+                f"prompt, medians over {reps} repetitions. Host-to-device links SIMULATED (+10 us per transfer); "
+                f"{offloaded['cache_slots']} of {offloaded['num_experts']} experts per MoE layer cached.{loadavg}")
+    lines = [head, "",
              "| model | link GB/s | migration | latency median ms | p90 ms | peak device MiB | memory cut | "
              "migrated MiB/position | hit rate | exposed ms/position | added latency ms | added vs blocking |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
