@@ -305,6 +305,41 @@ void router_backward(T* dlogits, const float* dgate, const T* logits, const floa
                         zc_unit, stream);
 }
 
+// Noisy gating (router.h), grid-stride over the N*E logits.
+template <class T>
+__global__ void gate_noise_forward_kernel(T* logits, const T* noise_pre, const float* eps, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const float z = to_f32(noise_pre[i]);
+    const float softplus = z > 20.f ? z : log1pf(expf(z));
+    logits[i] = from_f32<T>(to_f32(logits[i]) + eps[i] * softplus);
+  }
+}
+
+template <class T>
+__global__ void gate_noise_backward_kernel(T* dlogits, const T* noise_pre, const float* eps, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    dlogits[i] = from_f32<T>(to_f32(dlogits[i]) * eps[i] / (1.f + expf(-to_f32(noise_pre[i]))));
+}
+
+template <class T>
+void gate_noise_forward(T* logits, const T* noise_pre, const float* eps, int64_t n, cudaStream_t stream) {
+  if (n <= 0) return;
+  const unsigned grid = std::min<int64_t>(ceil_div(n, 256), 65535 * 8);
+  launch(gate_noise_forward_kernel<T>, grid, 256, 0, stream, logits, noise_pre, eps, n);
+}
+
+template <class T>
+void gate_noise_backward(T* dlogits, const T* noise_pre, const float* eps, int64_t n, cudaStream_t stream) {
+  if (n <= 0) return;
+  const unsigned grid = std::min<int64_t>(ceil_div(n, 256), 65535 * 8);
+  launch(gate_noise_backward_kernel<T>, grid, 256, 0, stream, dlogits, noise_pre, eps, n);
+}
+
+template void gate_noise_forward<float>(float*, const float*, const float*, int64_t, cudaStream_t);
+template void gate_noise_forward<bf16>(bf16*, const bf16*, const float*, int64_t, cudaStream_t);
+template void gate_noise_backward<float>(float*, const float*, const float*, int64_t, cudaStream_t);
+template void gate_noise_backward<bf16>(bf16*, const bf16*, const float*, int64_t, cudaStream_t);
+
 template void router_forward<float>(const float*, int, int, int, bool, float*, int32_t*, float*, float*,
                                     int64_t*, float*, void*, cudaStream_t);
 template void router_forward<bf16>(const bf16*, int, int, int, bool, float*, int32_t*, float*, float*,

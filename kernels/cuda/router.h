@@ -38,4 +38,13 @@ void router_backward(T* dlogits, const float* dgate, const T* logits, const floa
                      const int32_t* topk_idx, const int64_t* counts, int N, int E, int k, bool renormalize,
                      float aux_scale, float z_scale, cudaStream_t stream);
 
+// Noisy top-k gating (Shazeer et al.; the CPU's MoE<T>::add_gate_noise), elementwise over n = N*E:
+// logits += eps * softplus(noise_pre), with noise_pre = x . W_noise and eps ~ N(0,1) drawn on the host
+// (so that the noise is the CPU backend's, token for token). The backward turns dlogits into the
+// gradient of noise_pre in place: dlogits *= eps * sigmoid(noise_pre).
+template <class T>
+void gate_noise_forward(T* logits, const T* noise_pre, const float* eps, int64_t n, cudaStream_t stream);
+template <class T>
+void gate_noise_backward(T* dlogits, const T* noise_pre, const float* eps, int64_t n, cudaStream_t stream);
+
 SCMOE_CUDA_END

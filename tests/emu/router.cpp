@@ -164,6 +164,30 @@ void test_empty() {
   kt::expect_equal("router N=0 counts", counts.download(), I64(E, 0));
   kt::expect_equal("router N=0 losses", losses.download(), std::vector<float>{0.f, 0.f});
 }
+
+// Noisy gating, elementwise: logits += eps * softplus(noise_pre) (softplus(z) = z above 20) and its
+// backward dlogits *= eps * sigmoid(noise_pre), against double; n not a multiple of the block.
+template <class T>
+void test_gate_noise(int64_t n, float tol) {
+  auto logits = kt::random_vec(n, 41, -3.f, 3.f), pre = kt::random_vec(n, 42, -6.f, 25.f),
+       eps = kt::random_vec(n, 43, -2.f, 2.f), dl = kt::random_vec(n, 44);
+  const auto lt = kt::store_as<T>(logits), pt = kt::store_as<T>(pre), dt = kt::store_as<T>(dl);
+  D want_fwd(n), want_bwd(n);
+  for (int64_t i = 0; i < n; i++) {
+    const double z = kt::to_float(pt[i]);
+    want_fwd[i] = kt::to_float(lt[i]) + eps[i] * (z > 20 ? z : std::log1p(std::exp(z)));
+    want_bwd[i] = kt::to_float(dt[i]) * eps[i] / (1 + std::exp(-z));
+  }
+  kt::for_each_schedule(2, [&](int) {
+    kt::Buf<T> l(lt), p(pt), d(dt);
+    kt::Buf<float> e(eps);
+    scmoe::cuda::gate_noise_forward(l.get(), p.get(), e.get(), n, nullptr);
+    scmoe::cuda::gate_noise_backward(d.get(), p.get(), e.get(), n, nullptr);
+    kt::sync();
+    kt::expect_close(std::string("gate noise forward ") + kt::type_name<T>(), l.download(), want_fwd, tol, tol);
+    kt::expect_close(std::string("gate noise backward ") + kt::type_name<T>(), d.download(), want_bwd, tol, tol);
+  });
+}
 }  // namespace
 
 int main() {
@@ -184,5 +208,8 @@ int main() {
   test_ties();
   test_limits();
   test_empty();
+  test_gate_noise<float>(1, 1e-6f);
+  test_gate_noise<float>(1000, 1e-6f);
+  test_gate_noise<kt::bf16>(777, 8e-3f);
   TEST_MAIN_END();
 }
