@@ -9,6 +9,8 @@
 #include <thread>
 #include <utility>
 
+#include <omp.h>
+
 #include "core/check.h"
 #include "core/log.h"
 #include "core/stream.h"
@@ -237,6 +239,10 @@ class WorkerStream : public CpuStreamBase {
   }
 
   void loop() {
+    // A side stream moves data (copies, collectives); the OpenMP loops it meets (ops::copy) would
+    // otherwise start a team of their own, as wide as the machine, whose spinning threads take the
+    // cores the compute thread is using. (The setting is per thread: compute keeps its own.)
+    omp_set_num_threads(1);
     std::unique_lock<std::mutex> lock(m_);
     for (;;) {
       // Poll (yielding) for a short while before sleeping: work usually arrives in bursts (an exchange,

@@ -22,6 +22,7 @@
 #include "kernels/cuda/norm.h"
 #include "kernels/cuda/permute.h"
 #include "kernels/cuda/router.h"
+#include "core/rng.h"
 
 SCMOE_CUDA_BEGIN
 
@@ -82,12 +83,15 @@ struct GptCuda<T>::Layer {
   // The routed branch (moe.h): input tap, gate, experts, saved router and dispatch state.
   int src = -1;           // the block whose u (or normalised input) the branch reads
   bool own_norm = false;  // Pos-1/Pos-3: the branch normalises resid_[src] with its own norm
-  size_t mn_w = 0, mn_b = 0, gate_w = 0;
+  size_t mn_w = 0, mn_b = 0, gate_w = 0, noise_w = 0;
   std::vector<size_t> efc_w, efc_b, efp_w, efp_b;  // per expert
   T *moe_norm_out = nullptr, *moe_out = nullptr;
   const T* moe_in = nullptr;
   float *mn_mean = nullptr, *mn_rstd = nullptr;
   T *logits = nullptr, *xe = nullptr, *eh = nullptr, *eg = nullptr, *ye = nullptr;
+  T* noise_pre = nullptr;        // x . W_noise (gate noise)
+  const float* eps = nullptr;    // this layer's slice of noise_eps_
+  bool noise_applied = false;    // the last forward added noise (its backward must follow it)
   float *probs = nullptr, *topk_gate = nullptr;
   int32_t *topk_idx = nullptr, *pos = nullptr;
   int64_t* route_counts = nullptr;  // assignments per expert before capacity (router backward)
@@ -113,9 +117,6 @@ GptCuda<T>::GptCuda(const Config& cfg, const ParamTable& table, int B, cudaStrea
   SCMOE_CHECK(arch == "dense" || arch == "moe" || arch == "shared_expert" || arch == "scmoe",
               "model.arch: expected dense|moe|shared_expert|scmoe, got '" << arch << "'");
   const MoeConfig& mo = cfg.moe;
-  SCMOE_CHECK(arch == "dense" || !mo.gate_noise,
-              "train.device cuda: moe.gate_noise is not on the CUDA backend yet; use train.device cpu or "
-              "moe.gate_noise=false");
   const bool rms = mc_.norm == "rmsnorm";
   const int pos = cfg.scmoe.position;
   if (arch != "dense") {  // as GPT<T>'s constructor (model/gpt.cpp), which built `table`
@@ -123,6 +124,7 @@ GptCuda<T>::GptCuda(const Config& cfg, const ParamTable& table, int B, cudaStrea
     k_ = mo.top_k > 0 ? mo.top_k : arch == "moe" ? 2 : 1;
     Fe_ = mo.d_expert > 0 ? mo.d_expert : F_;
     renormalize_ = mo.renormalize, aux_coef_ = mo.aux_loss_coef, z_coef_ = mo.z_loss_coef;
+    noise_ = mo.gate_noise;
     SCMOE_CHECK(k_ <= E_, "moe.top_k (" << k_ << ") must be <= moe.num_experts (" << E_ << ")");
     SCMOE_CHECK(mo.every >= 1 && mo.every <= mc_.n_layer,
                 "moe.every (" << mo.every << ") must be in [1, model.n_layer=" << mc_.n_layer << "]");
@@ -170,6 +172,7 @@ GptCuda<T>::GptCuda(const Config& cfg, const ParamTable& table, int B, cudaStrea
       layers_[L.src].u_tap_for = l;
     }
     L.gate_w = offset_of(table, p + ".moe.gate.weight");
+    if (noise_) L.noise_w = offset_of(table, p + ".moe.noise.weight");
     for (int e = 0; e < E_; e++) {
       const std::string x = p + ".moe.experts." + std::to_string(e);
       L.efc_w.push_back(offset_of(table, x + ".fc.weight")), L.efc_b.push_back(offset_of(table, x + ".fc.bias"));
@@ -248,6 +251,7 @@ void GptCuda<T>::layout(bool allocate) {
       L.mn_mean = take<float>(N_, allocate), L.mn_rstd = take<float>(N_, allocate);
     }
     L.logits = take<T>(NE, allocate), L.probs = take<float>(NE, allocate);
+    if (noise_) L.noise_pre = take<T>(NE, allocate);
     L.topk_idx = take<int32_t>(Nk, allocate), L.topk_gate = take<float>(Nk, allocate);
     L.pos = take<int32_t>(Nk, allocate);
     L.route_counts = take<int64_t>(E_, allocate), L.stats = take<int64_t>(size_t(E_) + 2, allocate);
@@ -272,6 +276,11 @@ void GptCuda<T>::layout(bool allocate) {
     if (!L.moe) continue;
     if (L.combine != CombineKind::cg2) L.moe_out = moe_out_;
     L.moe_in = L.own_norm ? L.moe_norm_out : layers_[L.src].ln2;
+  }
+  if (noise_) {  // one slice of eps per MoE layer, uploaded together
+    noise_eps_ = take<float>(moe_stats_.size() * NE, allocate);
+    for (Layer& L : layers_)
+      if (L.moe) L.eps = noise_eps_ ? noise_eps_ + size_t(L.stat) * NE : nullptr;
   }
   lnf_out_ = take<T>(NC, allocate);
   lnf_mean_ = take<float>(N_, allocate), lnf_rstd_ = take<float>(N_, allocate);
@@ -333,7 +342,7 @@ void GptCuda<T>::zero_grad() {
 }
 
 template <class T>
-float GptCuda<T>::forward(const int32_t* inputs, const int32_t* targets, float grad_scale) {
+float GptCuda<T>::forward(const int32_t* inputs, const int32_t* targets, float grad_scale, Rng* rng) {
   const bool rms = mc_.norm == "rmsnorm";
   const int N = N_, C = C_, H = mc_.n_head;
   const AttentionPath path = AttentionPath(attention_path_);
@@ -345,6 +354,8 @@ float GptCuda<T>::forward(const int32_t* inputs, const int32_t* targets, float g
       SCMOE_CHECK(targets[i] >= 0 && targets[i] < V_, "target token " << targets[i] << " outside the vocabulary");
     to_device(stream_, targets_, targets, N * sizeof(int32_t), "target tokens");
   }
+  const bool noisy = noise_ && rng;
+  if (noisy) draw_gate_noise(*rng);
   encoder_forward(resid_[0], inputs_, w + wte_, w + wpe_, B_, Tn_, C,
                   stream_);
   for (int l = 0; l < mc_.n_layer; l++) {
@@ -373,7 +384,7 @@ float GptCuda<T>::forward(const int32_t* inputs, const int32_t* targets, float g
       else layernorm_forward(L.moe_norm_out, L.mn_mean, L.mn_rstd, resid_[L.src], w + L.mn_w, w + L.mn_b, N, C,
                              stream_);
     }
-    moe_forward(L, moe_stats_[L.stat]);
+    moe_forward(L, moe_stats_[L.stat], noisy);
     // The shared expert and the combine gate's logits (Block<T>::forward_ffn).
     const int64_t NC = int64_t(N) * C;
     T* se = L.mlp_out ? L.mlp_out : L.tmp;
@@ -501,11 +512,16 @@ void GptCuda<T>::backward() {
 // router, dispatch plan, then the admitted rows per expert to the host (the one synchronisation),
 // permute, each expert's MLP on its rows, and the gate-weighted combine into L.moe_out.
 template <class T>
-void GptCuda<T>::moe_forward(Layer& L, MoeLayerStats& st) {
+void GptCuda<T>::moe_forward(Layer& L, MoeLayerStats& st, bool noisy) {
   const int N = N_, C = C_, E = E_, k = k_, F = Fe_;
   const T* w = params_t_;
   float* losses = reinterpret_cast<float*>(L.stats + E + 1);
   matmul_forward(L.logits, L.moe_in, w + L.gate_w, (const T*)nullptr, N, C, E, stream_);
+  L.noise_applied = noisy;
+  if (noisy) {  // logits += eps * softplus(x . W_noise)
+    matmul_forward(L.noise_pre, L.moe_in, w + L.noise_w, (const T*)nullptr, N, C, E, stream_);
+    gate_noise_forward(L.logits, L.noise_pre, L.eps, int64_t(N) * E, stream_);
+  }
   router_forward(L.logits, N, E, k, renormalize_, L.probs, L.topk_idx, L.topk_gate, pmean_, L.route_counts, losses,
                  workspace_, stream_);
   dispatch_plan(L.topk_idx, N, k, E, capacity_, L.pos, L.stats, plan_offsets_, L.stats + E, workspace_, stream_);
@@ -568,6 +584,29 @@ void GptCuda<T>::moe_backward(Layer& L, const T* dy) {
                   float(aux_coef_ * loss_scale), float(z_coef_ * loss_scale), stream_);
   matmul_backward<T, float>(dmoe_x_, g + L.gate_w, (float*)nullptr, dlogits_, L.moe_in, w + L.gate_w, N, C, E, true,
                             stream_);
+  if (L.noise_applied) {  // d(noise_pre) = dlogits * eps * softplus'(noise_pre), then the noise linear's
+    gate_noise_backward(dlogits_, L.noise_pre, L.eps, int64_t(N) * E, stream_);
+    matmul_backward<T, float>(dmoe_x_, g + L.noise_w, (float*)nullptr, dlogits_, L.moe_in, w + L.noise_w, N, C, E,
+                              true, stream_);
+  }
+}
+
+// The gate noise of every MoE layer for this forward, drawn as MoE<T>::add_gate_noise draws it (one
+// step draw per layer in layer order, then a stream per token: the same eps as the CPU backend's), and
+// uploaded in one copy.
+template <class T>
+void GptCuda<T>::draw_gate_noise(Rng& rng) {
+  const size_t NE = size_t(N_) * E_;
+  host_eps_.resize(moe_stats_.size() * NE);
+  for (const MoeLayerStats& st : moe_stats_) {
+    const size_t first = size_t(&st - moe_stats_.data()) * NE;
+    const uint64_t base = rng.next_u64() ^ (0x9E3779B97F4A7C15ull * uint64_t(st.layer + 1));
+    for (int n = 0; n < N_; n++) {
+      Rng tr(base + 0xD1B54A32D192ED03ull * uint64_t(n));
+      for (int e = 0; e < E_; e++) host_eps_[first + size_t(n) * E_ + e] = float(tr.normal());
+    }
+  }
+  to_device(stream_, noise_eps_, host_eps_.data(), host_eps_.size() * sizeof(float), "gate noise");
 }
 
 template <class T>

@@ -8,7 +8,8 @@
 // Built twice like the kernels: natively (scmoe_cuda) and under the SIMT emulation, where "device"
 // memory is host memory and the same code trains in CI (tests/emu/gpt_cuda.cpp compares it with the
 // CPU backend). Architectures: dense, moe, shared_expert and scmoe (positions 1-3, combine add/cg1/cg2),
-// single process, run in the CPU model's sequential order; gate noise is not on the device yet.
+// with or without gate noise (drawn on the host from the trainer's RNG as the CPU model draws it),
+// single process, run in the CPU model's sequential order.
 // Routed experts: router and dispatch plan on the device, then one host synchronisation per MoE layer
 // (the per-expert row counts) so that each expert runs its own matmuls on its rows.
 #pragma once
@@ -21,6 +22,10 @@
 #include "kernels/cuda/abi.h"
 #include "model/params.h"
 #include "train/config.h"
+
+namespace scmoe {
+struct Rng;
+}
 
 SCMOE_CUDA_BEGIN
 
@@ -53,8 +58,9 @@ class GptCuda {
   void zero_grad();
 
   // Forward on B x seq_len tokens (host arrays). With targets returns the mean cross-entropy; when
-  // grad_scale > 0 the output gradient is prepared for backward().
-  float forward(const int32_t* inputs, const int32_t* targets, float grad_scale);
+  // grad_scale > 0 the output gradient is prepared for backward(). `rng` draws the gate noise
+  // (moe.gate_noise; nullptr: none, as in evaluation), advancing it as GPT<T>::forward does.
+  float forward(const int32_t* inputs, const int32_t* targets, float grad_scale, Rng* rng = nullptr);
   void backward();
   // Clips to optim.grad_clip and applies AdamW (step t counts from 1); returns the gradient norm.
   float step(double lr, int64_t t);
@@ -71,7 +77,8 @@ class GptCuda {
  private:
   struct Layer;  // one block's parameter views and saved activations
   void layout(bool allocate);
-  void moe_forward(Layer& L, MoeLayerStats& st);
+  void moe_forward(Layer& L, MoeLayerStats& st, bool noisy);
+  void draw_gate_noise(Rng& rng);
   void moe_backward(Layer& L, const T* dy);
 
   ModelConfig mc_;
@@ -81,7 +88,7 @@ class GptCuda {
   // MoE: experts, top-k, expert hidden size, rows per expert; the router's loss coefficients
   int E_ = 0, k_ = 0, Fe_ = 0;
   int64_t capacity_ = 0;
-  bool renormalize_ = true;
+  bool renormalize_ = true, noise_ = false;
   double aux_coef_ = 0, z_coef_ = 0;
   cudaStream_t stream_;
   int attention_path_ = 0;  // AttentionPath as an int (this header does not need the enum)
@@ -107,6 +114,8 @@ class GptCuda {
   int64_t* plan_offsets_ = nullptr;
   std::vector<MoeLayerStats> moe_stats_;
   std::vector<int64_t> host_stats_;  // one layer's counts, drops and losses as copied from the device
+  std::vector<float> host_eps_;      // gate noise of every MoE layer, drawn on the host
+  float* noise_eps_ = nullptr;       // ... and on the device: [MoE layers, N, E]
   double* norm_scratch_ = nullptr;
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 0;

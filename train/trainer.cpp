@@ -65,7 +65,8 @@ struct DeviceModel {
   virtual void upload(const float* params, const float* m, const float* v) = 0;
   virtual void download(float* params, float* m, float* v) = 0;
   virtual void zero_grad() = 0;
-  virtual float forward(const int32_t* in, const int32_t* tg, float grad_scale) = 0;
+  // rng: the gate noise's draws in training (nullptr: none, as in evaluation)
+  virtual float forward(const int32_t* in, const int32_t* tg, float grad_scale, Rng* rng) = 0;
   virtual void backward() = 0;
   virtual float step(double lr, int64_t t) = 0;  // clip + AdamW; returns the gradient norm
   virtual size_t device_bytes() const = 0;
@@ -82,7 +83,7 @@ struct CudaModel : DeviceModel {
   void upload(const float* p, const float* m, const float* v) override { g.set_params(p), g.set_moments(m, v); }
   void download(float* p, float* m, float* v) override { g.get_params(p), g.get_moments(m, v); }
   void zero_grad() override { g.zero_grad(); }
-  float forward(const int32_t* in, const int32_t* tg, float s) override { return g.forward(in, tg, s); }
+  float forward(const int32_t* in, const int32_t* tg, float s, Rng* rng) override { return g.forward(in, tg, s, rng); }
   void backward() override { g.backward(); }
   float step(double lr, int64_t t) override { return g.step(lr, t); }
   size_t device_bytes() const override { return g.param_bytes() + g.activation_bytes(); }
@@ -153,11 +154,10 @@ template <class T>
 void Trainer<T>::setup() {
   std::string notice;
   Device dev = select_device(cfg_.train.device, &notice);
-  // The CUDA backend trains every architecture in one process, without gate noise, in float32; auto
-  // falls back to the CPU for the rest, an explicit `cuda` is an error naming what is missing.
+  // The CUDA backend trains every architecture in one process, in float32; auto falls back to the CPU
+  // for the rest, an explicit `cuda` is an error naming what is missing.
   std::string unsupported;
-  if (cfg_.model.arch != "dense" && cfg_.moe.gate_noise) unsupported = "moe.gate_noise";
-  else if (read_process_group_env().world_size > 1) unsupported = "several processes";
+  if (read_process_group_env().world_size > 1) unsupported = "several processes";
   else if (cfg_.train.dtype != "float32") unsupported = "train.dtype " + cfg_.train.dtype;
   if (dev == Device::cuda && !unsupported.empty()) {
     SCMOE_CHECK(cfg_.train.device == "auto", "train.device cuda: " << unsupported
@@ -270,7 +270,7 @@ double Trainer<T>::evaluate() {
   for (int i = 0; i < cfg_.train.eval_batches; i++) {
     val_data_->next_batch(cfg_.train.batch_size, rank_, world_, inputs_.data(), targets_.data());
     double t0 = now_ms();
-    sum += device_ ? device_->forward(inputs_.data(), targets_.data(), 0.f)
+    sum += device_ ? device_->forward(inputs_.data(), targets_.data(), 0.f, nullptr)
                    : model_->forward(inputs_.data(), targets_.data(), T(0));
     forward_ms += now_ms() - t0;
   }
@@ -375,7 +375,7 @@ bool Trainer<T>::device_step(float grad_scale) {
   moe_stats_.reset();
   for (int micro = 0; micro < grad_accum_; micro++) {
     train_data_->next_batch(B, rank_, world_, inputs_.data(), targets_.data());
-    loss += device_->forward(inputs_.data(), targets_.data(), grad_scale) / grad_accum_;
+    loss += device_->forward(inputs_.data(), targets_.data(), grad_scale, &rng_) / grad_accum_;
     moe_stats_.add(device_->moe_stats(), device_->aux_loss());
     device_->backward();
   }
