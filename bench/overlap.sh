@@ -2,9 +2,10 @@
 # The ScMoE overlap benchmark: ScMoE Pos-2 (overlapped) vs top-2 MoE (plain and with chunked pipelining,
 # moe.pipeline_degree 4) vs top-1 MoE vs shared expert, same active compute (configs/ts_*.yaml), 2 ranks
 # through train/launch, at several simulated link speeds.
-#   bench/overlap.sh [STEPS] [BANDWIDTHS_GB_S...]      (defaults: 16 steps; 0.05 0.2 1 5)
+#   [PEER_WAIT=true] bench/overlap.sh [STEPS] [BANDWIDTHS_GB_S...]      (defaults: 16 steps; 0.05 0.2 1 5)
 # Prints a Markdown table (median step time after the first 6 steps, speed-up over top-2, communication
-# share of top-2's step, overlap) and writes it with a plot to docs/overlap_table.md / docs/overlap.png.
+# share of top-2's step, overlap; with comm.measure_peer_wait the time exchanges waited for the slower
+# rank and the overlap of the transfers alone) and writes it with a plot to docs/overlap_table.md / docs/overlap.png.
 # All link figures are SIMULATED (comm.simulate_link delays each All-to-All on top of the real Gloo one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +17,11 @@ BWS=("$@")
 [[ -f data/tinyshakespeare/train_000000.bin ]] ||
   python3 data/prepare.py --input data/tinyshakespeare.txt --out-dir data/tinyshakespeare >/dev/null
 OUT=runs/overlap
+# PEER_WAIT=true: every run also splits its exchanges into waiting for the slower rank and the transfer
+# (comm.measure_peer_wait: one barrier per exchange, which costs the sequential configs more, so the
+# headline speed-ups are taken without it).
+PEER_WAIT=${PEER_WAIT:-false}
+export PEER_WAIT
 rm -rf "$OUT" && mkdir -p "$OUT"
 for bw in "${BWS[@]}"; do
   for run in ts_scmoe_pos2 ts_moe_top2 ts_moe_top2:pipelined ts_moe_top1 ts_shared_expert; do
@@ -29,6 +35,7 @@ for bw in "${BWS[@]}"; do
       --set train.eval_batches=4 \
       --set checkpoint.every=0 --set train.log_every=1000 --set scmoe.expert_slot=auto \
       --set comm.simulate_link.bandwidth_gb_s="$bw" --set comm.simulate_link.latency_us=50 \
+      --set comm.measure_peer_wait="$PEER_WAIT" \
       --set train.out_dir="$dir" >"$dir.log" 2>&1 || { tail -20 "$dir.log"; exit 1; }
   done
 done
@@ -41,14 +48,15 @@ def stats(d):
     recs = [r for r in recs if "step_ms" in r][6:]
     med = lambda k: statistics.median(r.get(k, 0.0) for r in recs)
     return {"step": med("step_ms"), "comm": med("comm_ms"), "exposed": med("exposed_comm_ms"), "overlap": med("overlap"),
-            "fwd": statistics.median(evals)}
+            "peer": med("peer_wait_ms") if "peer_wait_ms" in recs[0] else None,
+            "tov": med("transfer_overlap") if "transfer_overlap" in recs[0] else None, "fwd": statistics.median(evals)}
 names = {"ts_scmoe_pos2": "ScMoE Pos-2 (overlapped)", "ts_moe_top2": "top-2 MoE",
          "ts_moe_top2_pipelined": "top-2 MoE, pipelined (4 chunks)", "ts_moe_top1": "top-1 MoE",
          "ts_shared_expert": "shared expert + top-1"}
 cpu = subprocess.run("lscpu | sed -n 's/^Model name:\\s*//p'", shell=True, capture_output=True, text=True).stdout.strip()
 lines = [f"Machine: {cpu}, 2 cores; 2 ranks (Gloo over loopback), 1 thread each; links SIMULATED.", "",
-         "| link (GB/s) | config | train step ms | train speed-up vs top-2 | forward ms | inference speed-up vs top-2 | comm ms | exposed ms | overlap | top-2 comm share |",
-         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+         "| link (GB/s) | config | train step ms | train speed-up vs top-2 | forward ms | inference speed-up vs top-2 | comm ms | exposed ms | overlap | peer wait ms | transfer overlap | top-2 comm share |",
+         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
 plot = {}
 for bw in bws:
     s = {c: stats(os.path.join(out, f"{c}_bw{bw}")) for c in names}
@@ -57,10 +65,16 @@ for bw in bws:
     for c, label in names.items():
         r = s[c]
         lines.append(f"| {bw} | {label} | {r['step']:.1f} | {base['step'] / r['step']:.2f}x | {r['fwd']:.1f} | "
-                     f"{base['fwd'] / r['fwd']:.2f}x | {r['comm']:.1f} | {r['exposed']:.1f} | {r['overlap']:.2f} | {share:.0%} |")
+                     f"{base['fwd'] / r['fwd']:.2f}x | {r['comm']:.1f} | {r['exposed']:.1f} | {r['overlap']:.2f} | "
+                     f"{'-' if r['peer'] is None else format(r['peer'], '.1f')} | "
+                     f"{'-' if r['tov'] is None else format(r['tov'], '.2f')} | {share:.0%} |")
         plot.setdefault(c, []).append((share, base["step"] / r["step"]))
 print("\n".join(lines))
 os.makedirs("docs", exist_ok=True)
+if os.environ.get("PEER_WAIT") == "true":  # timings carry the barriers: a table of its own, no plot
+    open("docs/overlap_peer_wait_table.md", "w").write("\n".join(lines) + "\n")
+    print("wrote docs/overlap_peer_wait_table.md")
+    sys.exit(0)
 open("docs/overlap_table.md", "w").write("\n".join(lines) + "\n")
 try:
     import matplotlib

@@ -22,6 +22,7 @@
 #include <chrono>
 #include <memory>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "comm/communicator.h"
@@ -44,6 +45,11 @@ struct Dispatcher {
   // Timing of the last forward+backward (ms): time exchanges took, and time the compute thread waited.
   // exchange_ms: per exchange (dispatch, combine, combine grad, dispatch grad), accumulated until reset.
   double comm_ms = 0, exposed_ms = 0, exchange_ms[4] = {0, 0, 0, 0};
+  // With measure_peer_wait (several ranks): a barrier starts each exchange, so its time splits into
+  // waiting for the slowest rank to arrive (peer_wait_ms, part of comm_ms: load imbalance, not the
+  // link) and the transfer; exposed_peer_wait_ms is the part of exposed_ms spent in such waits.
+  bool measure_peer_wait = false;
+  double peer_wait_ms = 0, exposed_peer_wait_ms = 0;
 
   // plan (saved for backward)
   int32_t *send_pos = nullptr, *expert_row = nullptr;
@@ -66,6 +72,7 @@ struct Dispatcher {
     N = N_, capacity = capacity_, fixed = fixed_, P = fixed ? chunks : 1;
     chunk_rows = fixed ? std::max<int64_t>(1, (capacity + P - 1) / P) : 0;
     seg_counts.assign((size_t)P * El, 0), seg_offsets.assign((size_t)P * El + 1, 0);
+    in_peer_.assign(P, {0.0, 0.0}), out_peer_.assign(P, {0.0, 0.0});  // sized once: tasks write them
     size_t local = (size_t)N * k, worst = local * W;  // packed: every rank may send every row here
     if (fixed) local = worst = (size_t)P * E * chunk_rows;
     send_pos = a.alloc<int32_t>((size_t)N * k);
@@ -74,7 +81,7 @@ struct Dispatcher {
     xr = a.alloc<T>(worst * C), yr = a.alloc<T>(worst * C);
   }
   void reset_timers() {
-    comm_ms = exposed_ms = 0;
+    comm_ms = exposed_ms = peer_wait_ms = exposed_peer_wait_ms = 0;
     for (double& e : exchange_ms) e = 0;
   }
   // Rows of the expert buffer a chunk's local expert owns: [begin, end).
@@ -185,16 +192,25 @@ struct Dispatcher {
     auto task = [this, src, dst, c, toward_experts, kind] {
       static const char* names[] = {"dispatch", "combine", "combine grad", "dispatch grad"};
       const double t0 = Tracer::now_us();
+      double ts = t0;  // when every rank had arrived
+      if (measure_peer_wait && W > 1) {
+        comm->barrier(nullptr);
+        ts = Tracer::now_us();
+        peer_wait_ms += (ts - t0) / 1000;
+      }
       exchange_rows(src, dst, c, toward_experts);
       const double t1 = Tracer::now_us();
       Tracer::get().add(std::string(names[kind]) + " L" + std::to_string(layer) + (P > 1 ? " c" + std::to_string(c) : ""),
                         stream ? 1 : 0, t0, t1);
       comm_ms += (t1 - t0) / 1000, exchange_ms[kind] += (t1 - t0) / 1000;
+      peer_window(c, toward_experts) = {t0, ts};
     };
     if (!stream) {
       const double t0 = Tracer::now_us();
       task();  // sequential: all of it is exposed
       exposed_ms += (Tracer::now_us() - t0) / 1000;
+      const auto [p0, p1] = peer_window(c, toward_experts);
+      exposed_peer_wait_ms += (p1 - p0) / 1000;
       return;
     }
     stream->enqueue(task);
@@ -209,7 +225,16 @@ struct Dispatcher {
     const double t1 = Tracer::now_us();
     if (t1 - t0 > 1) Tracer::get().add("wait L" + std::to_string(layer), 0, t0, t1);
     exposed_ms += (t1 - t0) / 1000;
+    // The part of this wait during which the exchange was still waiting for a peer to arrive (the
+    // event's completion orders the task's writes before this read).
+    const auto [p0, p1] = peer_window(c, toward_experts);
+    exposed_peer_wait_ms += std::max(0.0, std::min(t1, p1) - std::max(t0, p0)) / 1000;
   }
+  // [start, every rank arrived] of the last exchange posted for chunk c in that direction (host us).
+  std::pair<double, double>& peer_window(int c, bool toward_experts) {
+    return (toward_experts ? in_peer_ : out_peer_)[c];
+  }
+  std::vector<std::pair<double, double>> in_peer_, out_peer_;
   // One event per chunk and direction, so a chunk's wait does not wait for the chunks behind it.
   Event& event(int c, bool toward_experts) {
     auto& v = toward_experts ? in_events_ : out_events_;

@@ -98,6 +98,7 @@ GPT<T>::GPT(const Config& cfg, int micro_batch, Communicator* comm)
       b.moe_in = b.moe_norm_out;
     }
     b.moe->dispatcher.stream = comm_stream_.get();
+    b.moe->dispatcher.measure_peer_wait = cfg.comm.measure_peer_wait;
     if (!comm || comm->world_size() == 1) b.moe->dispatcher.local_link = local_link;
     BranchTap t;
     t.block = l, t.norm_of_input = taps_[l].kind == TapKind::norm_of_input, t.src = taps_[l].src;
@@ -222,8 +223,8 @@ std::vector<typename GPT<T>::CommTiming> GPT<T>::take_comm_timings() {
   for (int l = 0; l < mc_.n_layer; l++) {
     if (!blocks_[l].moe) continue;
     auto& d = blocks_[l].moe->dispatcher;
-    out.push_back({l, d.comm_ms, d.exposed_ms});
-    d.comm_ms = d.exposed_ms = 0;
+    out.push_back({l, d.comm_ms, d.exposed_ms, d.peer_wait_ms, d.exposed_peer_wait_ms});
+    d.comm_ms = d.exposed_ms = d.peer_wait_ms = d.exposed_peer_wait_ms = 0;
   }
   return out;
 }

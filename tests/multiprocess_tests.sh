@@ -238,6 +238,29 @@ equiv_*)
   [[ -f w4/$ck/optim-rank00003-of-00004.safetensors ]] || fail "4-rank checkpoint lacks rank 3's optimizer file"
   echo "equivalence ($arch): 1, 2, 4 ranks agree within 1e-9 relative (float64; only the reduction order differs)"
   ;;
+peer_wait)
+  # comm.measure_peer_wait adds a barrier before each exchange and splits its time; it must not change
+  # the training (same weights, byte for byte) and its figures must be consistent with the others.
+  common=("${TINY[@]}" "${MOE[@]}" --set model.arch=scmoe --set train.batch_size=4 --set train.max_steps=5
+          --set train.eval_every=0 --set checkpoint.every=0 --set comm.simulate_link.bandwidth_gb_s=2)
+  run_w 2 off.log "${common[@]}" --set train.out_dir="$WORK/off" || { tail -30 off.log; fail "run failed"; }
+  run_w 2 on.log "${common[@]}" --set comm.measure_peer_wait=true --set train.out_dir="$WORK/on" ||
+    { tail -30 on.log; fail "run with comm.measure_peer_wait failed"; }
+  cmp off/checkpoints/step_00000005/model.safetensors on/checkpoints/step_00000005/model.safetensors ||
+    fail "measuring the peer wait changed the weights"
+  grep -q "peer wait .* ms (exposed .*), transfer overlap" on.log || fail "no peer wait in the step line: $(tail -3 on.log)"
+  "$PY" - on/metrics.jsonl off/metrics.jsonl <<'PY' || fail "peer wait figures inconsistent"
+import json, sys
+on = [r for r in map(json.loads, open(sys.argv[1])) if "comm_ms" in r]
+off = [r for r in map(json.loads, open(sys.argv[2])) if "comm_ms" in r]
+assert on and all("peer_wait_ms" not in r for r in off), "peer wait fields without comm.measure_peer_wait"
+for r in on:
+    assert 0 <= r["peer_wait_ms"] <= r["comm_ms"] + 1e-6, r
+    assert 0 <= r["exposed_peer_wait_ms"] <= r["exposed_comm_ms"] + 1e-3, r
+    assert 0 <= r["transfer_overlap"] <= 1, r
+print("peer wait per step (ms):", " ".join(f"{r['peer_wait_ms']:.2f}/{r['comm_ms']:.2f}" for r in on))
+PY
+  ;;
 resume_2ranks)
   # 8 steps straight == 4 steps, then resume for 4 (the schedule's horizon fixed by optim.decay_steps).
   common=("${TINY[@]}" "${MOE[@]}" --set model.arch=scmoe --set train.batch_size=4 --set train.grad_accum=2

@@ -32,7 +32,7 @@ namespace {
   X(train.grad_accum) X(train.global_batch_tokens) X(train.seed) X(train.device) X(train.precision)   \
   X(train.dtype) X(train.out_dir) X(train.log_every) X(train.eval_every) X(train.eval_batches)         \
   X(train.threads) X(train.trace_step) X(data.train) X(data.val) X(data.shuffle) X(checkpoint.every) X(checkpoint.keep)   \
-  X(comm.timeout_s) X(comm.overlap) X(comm.simulate_link.bandwidth_gb_s) X(comm.simulate_link.latency_us)  \
+  X(comm.timeout_s) X(comm.overlap) X(comm.measure_peer_wait) X(comm.simulate_link.bandwidth_gb_s) X(comm.simulate_link.latency_us)  \
   X(inference.offload_experts) X(inference.expert_cache_slots) X(inference.migration)                  \
   X(inference.host_link_gb_s) X(inference.host_link_latency_us) X(inference.tokenizer)
 // clang-format on
@@ -329,6 +329,7 @@ Config unusual_config() {
   c.checkpoint = {0, 1};
   c.comm.timeout_s = 7.5;
   c.comm.overlap = false;
+  c.comm.measure_peer_wait = true;
   c.comm.simulate_link = {12.5, 0.1};
   c.inference = {true, 7, "speculative", 0.1 + 0.7, 2.5, "gpt2"};
   return c;
@@ -347,7 +348,7 @@ void test_round_trip() {
   CHECK(config_to_yaml(back) == yaml);
   CHECK(differences(parse_config_text(config_to_yaml(Config{}), "defaults"), Config{}, true) == 0);
   // Every key is printed, nested, with doubles that look like doubles.
-  CHECK(yaml.find("comm:\n  timeout_s: 7.5\n  overlap: false\n  simulate_link:\n    bandwidth_gb_s: 12.5\n    latency_us: 0.1\n") !=
+  CHECK(yaml.find("comm:\n  timeout_s: 7.5\n  overlap: false\n  measure_peer_wait: true\n  simulate_link:\n    bandwidth_gb_s: 12.5\n    latency_us: 0.1\n") !=
         std::string::npos);
   CHECK(config_to_yaml(Config{}).find("  capacity_factor: 2.0\n") != std::string::npos);
   CHECK(config_to_yaml(Config{}).find("  eps: 1.0e-08\n") != std::string::npos);

@@ -126,6 +126,9 @@ const Key kKeys[] = {
     KEY(comm.timeout_s, above(0), "seconds before a rendezvous or collective with a missing peer fails"),
     KEY(comm.overlap, any(),
         "scmoe: overlap the All-to-Alls with the backbone on a communication stream; false: strictly sequential"),
+    KEY(comm.measure_peer_wait, any(),
+        "several ranks: a barrier before each MoE All-to-All splits its time into waiting for the slowest rank "
+        "(load imbalance, peer_wait_ms) and the transfer; adds one barrier per exchange"),
     KEY(comm.simulate_link.bandwidth_gb_s, at_least(0),
         "delay each All-to-All as a link of this many GB/s would; 0: no simulated link"),
     KEY(comm.simulate_link.latency_us, at_least(0),

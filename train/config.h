@@ -87,6 +87,7 @@ struct SimulateLinkConfig {
 struct CommConfig {
   double timeout_s = 300.0;     // rendezvous and collective timeout (a dead peer becomes an error)
   bool overlap = true;          // ScMoE: run All-to-Alls on a communication stream, overlapped
+  bool measure_peer_wait = false;  // a barrier before each MoE exchange splits its time (see config.cpp)
   SimulateLinkConfig simulate_link;
 };
 

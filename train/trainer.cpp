@@ -404,26 +404,38 @@ double Trainer<T>::reduce_mean(double local) {
 }
 
 // comm_ms, exposed_comm_ms and overlap (this rank's MoE exchanges in the last step, summed over layers,
-// plus per layer); returns the step line's suffix.
+// plus per layer) and, with comm.measure_peer_wait, peer_wait_ms, exposed_peer_wait_ms and
+// transfer_overlap (the same without the waits for the slowest rank); returns the step line's suffix.
 template <class T>
 std::string Trainer<T>::comm_fields(std::vector<std::pair<std::string, double>>& fields) {
   auto timings = model_->take_comm_timings();
   if (timings.empty()) return "";
-  double comm = 0, exposed = 0;
+  double comm = 0, exposed = 0, peer = 0, exposed_peer = 0;
   for (const auto& t : timings) {
     std::string p = "moe" + std::to_string(t.layer) + "_";
     fields.push_back({p + "comm_ms", t.comm_ms});
     fields.push_back({p + "exposed_comm_ms", t.exposed_ms});
     comm += t.comm_ms, exposed += t.exposed_ms;
+    peer += t.peer_wait_ms, exposed_peer += t.exposed_peer_wait_ms;
   }
   double overlap = comm > 0 ? std::max(0.0, 1.0 - exposed / comm) : 0.0;
   fields.push_back({"comm_ms", comm});
   fields.push_back({"exposed_comm_ms", exposed});
   fields.push_back({"overlap", overlap});
   const auto& link = cfg_.comm.simulate_link;
-  char buf[128];
-  std::snprintf(buf, sizeof buf, " | comm %.1f ms exposed %.1f overlap %.2f%s", comm, exposed, overlap,
-                link.bandwidth_gb_s > 0 || link.latency_us > 0 ? " (simulated link)" : "");
+  char buf[256];
+  int n = std::snprintf(buf, sizeof buf, " | comm %.1f ms exposed %.1f overlap %.2f%s", comm, exposed, overlap,
+                        link.bandwidth_gb_s > 0 || link.latency_us > 0 ? " (simulated link)" : "");
+  if (cfg_.comm.measure_peer_wait && world_ > 1) {
+    // The transfers alone: comm and exposure without the waits for the slowest rank.
+    const double tc = comm - peer, te = std::max(0.0, exposed - exposed_peer);
+    const double transfer_overlap = tc > 0 ? std::max(0.0, 1.0 - te / tc) : 0.0;
+    fields.push_back({"peer_wait_ms", peer});
+    fields.push_back({"exposed_peer_wait_ms", exposed_peer});
+    fields.push_back({"transfer_overlap", transfer_overlap});
+    std::snprintf(buf + n, sizeof buf - n, " | peer wait %.1f ms (exposed %.1f), transfer overlap %.2f", peer,
+                  exposed_peer, transfer_overlap);
+  }
   return buf;
 }
 
