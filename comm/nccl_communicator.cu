@@ -47,11 +47,20 @@ char* byte_at(void* p, size_t bytes) { return static_cast<char*>(p) + bytes; }
 
 class NcclCommunicator : public Communicator {
  public:
-  NcclCommunicator(const ProcessGroupEnv& env, double timeout_s, void* stream_hint)
+  NcclCommunicator(const ProcessGroupEnv& env, double timeout_s, void* stream_hint, Communicator* bootstrap)
       : rank_(env.rank), world_(env.world_size), stream_(static_cast<cudaStream_t>(stream_hint)) {
     SCMOE_CHECK(timeout_s > 0, "nccl communicator: the timeout must be positive (got " << timeout_s << " s)");
     select_device(env);
-    ncclUniqueId id = share_unique_id(env, std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000)));
+    ncclUniqueId id;
+    if (bootstrap) {  // rank 0's id over the host communicator (its store already holds the master port)
+      SCMOE_CHECK(bootstrap->world_size() == world_ && bootstrap->rank() == rank_,
+                  "nccl: the bootstrap communicator is rank " << bootstrap->rank() << " of " << bootstrap->world_size()
+                                                              << ", this process is rank " << rank_ << " of " << world_);
+      if (rank_ == 0) SCMOE_NCCL_CHECK(ncclGetUniqueId(&id));
+      bootstrap->broadcast(id.internal, sizeof id.internal, DType::u8, 0, nullptr);
+    } else {
+      id = share_unique_id(env, std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000)));
+    }
     SCMOE_NCCL_CHECK(ncclCommInitRank(&comm_, world_, id, rank_));
     SCMOE_CUDA_CHECK(cudaMalloc(&barrier_buf_, sizeof(float)));
     SCMOE_CUDA_CHECK(cudaMemset(barrier_buf_, 0, sizeof(float)));
@@ -191,8 +200,8 @@ class NcclCommunicator : public Communicator {
 }  // namespace
 
 std::unique_ptr<Communicator> make_nccl_communicator(const ProcessGroupEnv& env, double timeout_s,
-                                                     void* cuda_stream_hint) {
-  return std::make_unique<NcclCommunicator>(env, timeout_s, cuda_stream_hint);
+                                                     void* cuda_stream_hint, Communicator* bootstrap) {
+  return std::make_unique<NcclCommunicator>(env, timeout_s, cuda_stream_hint, bootstrap);
 }
 
 }  // namespace scmoe

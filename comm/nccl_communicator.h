@@ -11,8 +11,10 @@ namespace scmoe {
 // bounds the rendezvous (NCCL's own collectives have no timeout: a dead peer is ended by the
 // launcher). Collectives run on `cuda_stream_hint` (a cudaStream_t; nullptr: the default stream) and
 // are asynchronous like any CUDA work on it, except barrier(), which also waits for that stream. The
-// Stream* argument of each collective is not used yet.
+// Stream* argument of each collective is not used yet. `bootstrap`: a host communicator of the same
+// ranks (Gloo) over which rank 0's NCCL id is broadcast, for processes that hold one already (its
+// store keeps the master port); nullptr: the id goes through a TcpStore on the master port.
 std::unique_ptr<Communicator> make_nccl_communicator(const ProcessGroupEnv& env, double timeout_s,
-                                                     void* cuda_stream_hint);
+                                                     void* cuda_stream_hint, Communicator* bootstrap = nullptr);
 
 }  // namespace scmoe

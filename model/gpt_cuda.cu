@@ -22,7 +22,9 @@
 #include "kernels/cuda/norm.h"
 #include "kernels/cuda/permute.h"
 #include "kernels/cuda/router.h"
+#include "comm/communicator.h"
 #include "core/rng.h"
+#include "kernels/cpu/permute.h"
 
 SCMOE_CUDA_BEGIN
 
@@ -98,6 +100,14 @@ struct GptCuda<T>::Layer {
   int64_t* stats = nullptr;         // [E + 2]: admitted rows per expert, dropped, the two losses (fp32)
   std::vector<int64_t> rows;        // host copy of the admitted rows per expert (last forward)
   int stat = -1;                    // index into moe_stats_
+  // Expert parallelism (saved from forward for backward): receive row -> expert-buffer row (-1:
+  // dropped), the outputs returned in send order, the splits per peer (rows) and the local experts'
+  // segments of the expert buffer.
+  int32_t* expert_row = nullptr;
+  T* ys = nullptr;
+  std::vector<size_t> send_rows, recv_rows, send_off, recv_off;
+  int64_t recv_total = 0;
+  std::vector<int64_t> seg_counts, seg_offsets;
 };
 
 template <class T>
@@ -110,9 +120,11 @@ U* GptCuda<T>::take(size_t n, bool allocate) {
 }
 
 template <class T>
-GptCuda<T>::GptCuda(const Config& cfg, const ParamTable& table, int B, cudaStream_t stream, int attention)
+GptCuda<T>::GptCuda(const Config& cfg, const ParamTable& table, int B, cudaStream_t stream, int attention,
+                    Communicator* comm)
     : mc_(cfg.model), oc_(cfg.optim), table_(table), B_(B), Tn_(cfg.model.seq_len), C_(cfg.model.d_model),
       V_(cfg.model.vocab_size), F_(cfg.model.d_ff), N_(B * cfg.model.seq_len), stream_(stream) {
+  if (comm && comm->world_size() > 1) comm_ = comm, W_ = comm->world_size(), rank_ = comm->rank();
   const std::string& arch = mc_.arch;
   SCMOE_CHECK(arch == "dense" || arch == "moe" || arch == "shared_expert" || arch == "scmoe",
               "model.arch: expected dense|moe|shared_expert|scmoe, got '" << arch << "'");
@@ -130,10 +142,13 @@ GptCuda<T>::GptCuda(const Config& cfg, const ParamTable& table, int B, cudaStrea
                 "moe.every (" << mo.every << ") must be in [1, model.n_layer=" << mc_.n_layer << "]");
     SCMOE_CHECK(arch != "scmoe" || pos == 1 || mo.every >= 2,
                 "scmoe.position " << pos << " taps the preceding block, so moe.every must be >= 2");
-    // Rows per expert (MoE<T>::capacity() in one process); dropless when capacity_factor <= 0.
+    SCMOE_CHECK(E_ % W_ == 0, "moe.num_experts (" << E_ << ") must be divisible by the world size (" << W_
+                                                   << ") for expert parallelism");
+    El_ = E_ / W_, first_expert_ = rank_ * El_;
+    // Rows per expert over the global batch (MoE<T>::capacity()); dropless when capacity_factor <= 0.
     const double cf = mo.capacity_factor;
-    capacity_ = cf <= 0 ? int64_t(N_) * k_
-                        : std::min<int64_t>(int64_t(k_) * int64_t(std::ceil(cf * double(N_) / E_)), N_);
+    const int64_t Ng = int64_t(N_) * W_;
+    capacity_ = cf <= 0 ? Ng * k_ : std::min<int64_t>(int64_t(k_) * int64_t(std::ceil(cf * double(Ng) / E_)), Ng);
   }
   const CombineKind comb = arch != "scmoe"            ? CombineKind::add
                            : cfg.scmoe.combine == "cg1" ? CombineKind::cg1
@@ -173,12 +188,12 @@ GptCuda<T>::GptCuda(const Config& cfg, const ParamTable& table, int B, cudaStrea
     }
     L.gate_w = offset_of(table, p + ".moe.gate.weight");
     if (noise_) L.noise_w = offset_of(table, p + ".moe.noise.weight");
-    for (int e = 0; e < E_; e++) {
+    for (int e = first_expert_; e < first_expert_ + El_; e++) {  // this rank's experts
       const std::string x = p + ".moe.experts." + std::to_string(e);
       L.efc_w.push_back(offset_of(table, x + ".fc.weight")), L.efc_b.push_back(offset_of(table, x + ".fc.bias"));
       L.efp_w.push_back(offset_of(table, x + ".proj.weight")), L.efp_b.push_back(offset_of(table, x + ".proj.bias"));
     }
-    L.rows.assign(E_, 0);
+    L.rows.assign(El_, 0);
     L.stat = int(moe_stats_.size());
     MoeLayerStats st;
     st.layer = l;
@@ -232,7 +247,8 @@ void GptCuda<T>::layout(bool allocate) {
   targets_ = take<int32_t>(N_, allocate);
   resid_.assign(mc_.n_layer + 1, nullptr);
   for (auto& r : resid_) r = take<T>(NC, allocate);
-  const size_t NE = size_t(N_) * E_, Nk = size_t(N_) * k_;  // Nk: the most rows the experts can admit
+  const size_t NE = size_t(N_) * E_, Nk = size_t(N_) * k_;
+  const size_t rows = Nk * W_;  // the most rows this rank's experts can receive (all of every rank's)
   for (Layer& L : layers_) {
     L.ln1 = take<T>(NC, allocate), L.qkv = take<T>(3 * NC, allocate), L.atty = take<T>(NC, allocate);
     L.a = take<T>(NC, allocate), L.ln2 = take<T>(NC, allocate);
@@ -255,8 +271,9 @@ void GptCuda<T>::layout(bool allocate) {
     L.topk_idx = take<int32_t>(Nk, allocate), L.topk_gate = take<float>(Nk, allocate);
     L.pos = take<int32_t>(Nk, allocate);
     L.route_counts = take<int64_t>(E_, allocate), L.stats = take<int64_t>(size_t(E_) + 2, allocate);
-    L.xe = take<T>(Nk * C_, allocate), L.ye = take<T>(Nk * C_, allocate);
-    L.eh = take<T>(Nk * Fe_, allocate), L.eg = take<T>(Nk * Fe_, allocate);
+    L.xe = take<T>(rows * C_, allocate), L.ye = take<T>(rows * C_, allocate);
+    L.eh = take<T>(rows * Fe_, allocate), L.eg = take<T>(rows * Fe_, allocate);
+    if (W_ > 1) L.expert_row = take<int32_t>(rows, allocate), L.ys = take<T>(Nk * C_, allocate);
   }
   att_scratch_ = take<T>(as.scratch, allocate);
   att_scratch_f32_ = take<float>(as.scratch_f32, allocate);
@@ -269,7 +286,12 @@ void GptCuda<T>::layout(bool allocate) {
     dz_ = take<T>(size_t(N_) * 2, allocate);
     dlogits_ = take<T>(NE, allocate), dgate_ = take<float>(Nk, allocate), pmean_ = take<float>(E_, allocate);
     plan_offsets_ = take<int64_t>(size_t(E_) + 1, allocate);
-    dye_ = take<T>(Nk * C_, allocate), dxe_ = take<T>(Nk * C_, allocate);
+    dye_ = take<T>(rows * C_, allocate), dxe_ = take<T>(rows * C_, allocate);
+    if (W_ > 1) {
+      xs_ = take<T>(Nk * C_, allocate), xr_ = take<T>(rows * C_, allocate), yr_ = take<T>(rows * C_, allocate);
+      send_bucket_ = take<int64_t>(size_t(E_) * k_, allocate), recv_bucket_ = take<int64_t>(size_t(E_) * k_, allocate);
+      router_sums_ = take<double>(2 * size_t(E_) + 1, allocate);
+    }
   }
   for (size_t l = 0; l < layers_.size(); l++) {
     Layer& L = layers_[l];
@@ -286,11 +308,11 @@ void GptCuda<T>::layout(bool allocate) {
   lnf_mean_ = take<float>(N_, allocate), lnf_rstd_ = take<float>(N_, allocate);
   logits_ = take<T>(size_t(N_) * V_, allocate);
   losses_ = take<float>(N_, allocate), loss_ = take<float>(1, allocate), clip_ = take<float>(2, allocate);
-  norm_scratch_ = take<double>(grad_norm_scratch() + 1, allocate);
+  norm_scratch_ = take<double>(grad_norm_scratch() + 2, allocate);  // + the two groups' sums
   dresid_ = take<T>(NC, allocate), dnorm_ = take<T>(NC, allocate), datty_ = take<T>(NC, allocate);
   dqkv_ = take<T>(3 * NC, allocate);
   // the MLP's (or shared expert's) hidden gradients, and the experts' (Nk rows of Fe)
-  const size_t hidden = std::max({size_t(N_) * F_, size_t(N_) * Fe_, Nk * Fe_});
+  const size_t hidden = std::max({size_t(N_) * F_, size_t(N_) * Fe_, rows * Fe_});
   dh_ = take<T>(hidden, allocate), dg_ = take<T>(hidden, allocate);
   workspace_bytes_ = std::max({norm_backward_workspace_bytes(N_, C_), encoder_backward_workspace_bytes(B_, Tn_, V_),
                                bias_backward_workspace_bytes(N_, std::max({3 * C_, F_, Fe_}))});
@@ -522,6 +544,7 @@ void GptCuda<T>::moe_forward(Layer& L, MoeLayerStats& st, bool noisy) {
     matmul_forward(L.noise_pre, L.moe_in, w + L.noise_w, (const T*)nullptr, N, C, E, stream_);
     gate_noise_forward(L.logits, L.noise_pre, L.eps, int64_t(N) * E, stream_);
   }
+  if (W_ > 1) return moe_forward_ep(L, st);
   router_forward(L.logits, N, E, k, renormalize_, L.probs, L.topk_idx, L.topk_gate, pmean_, L.route_counts, losses,
                  workspace_, stream_);
   dispatch_plan(L.topk_idx, N, k, E, capacity_, L.pos, L.stats, plan_offsets_, L.stats + E, workspace_, stream_);
@@ -558,6 +581,7 @@ void GptCuda<T>::moe_forward(Layer& L, MoeLayerStats& st, bool noisy) {
 // grad_scale * N, as GPT<T>::run passes them) and the gate linear's. Leaves dL/d(L.moe_in) in dmoe_x_.
 template <class T>
 void GptCuda<T>::moe_backward(Layer& L, const T* dy) {
+  if (W_ > 1) return moe_backward_ep(L, dy);
   const int N = N_, C = C_, E = E_, k = k_, F = Fe_;
   const T* w = params_t_;
   float* g = grads_;
@@ -601,12 +625,155 @@ void GptCuda<T>::draw_gate_noise(Rng& rng) {
   for (const MoeLayerStats& st : moe_stats_) {
     const size_t first = size_t(&st - moe_stats_.data()) * NE;
     const uint64_t base = rng.next_u64() ^ (0x9E3779B97F4A7C15ull * uint64_t(st.layer + 1));
+    const int64_t first_token = int64_t(rank_) * N_;  // the noise follows the token, whichever rank has it
     for (int n = 0; n < N_; n++) {
-      Rng tr(base + 0xD1B54A32D192ED03ull * uint64_t(n));
+      Rng tr(base + 0xD1B54A32D192ED03ull * uint64_t(first_token + n));
       for (int e = 0; e < E_; e++) host_eps_[first + size_t(n) * E_ + e] = float(tr.normal());
     }
   }
   to_device(stream_, noise_eps_, host_eps_.data(), host_eps_.size() * sizeof(float), "gate noise");
+}
+
+// ---- Expert parallelism (W > 1), the CPU's Dispatcher and MoE<T> step for step (model/dispatcher.h).
+
+// Rows of C values of T in a collective: f32 as such, bf16 as bytes (the communicators have no bf16).
+template <class T>
+void GptCuda<T>::exchange_rows(const Layer& L, const T* src, T* dst, bool toward_experts) {
+  const size_t per_row = size_t(C_) * (std::is_same<T, float>::value ? 1 : sizeof(T));
+  const DType dt = std::is_same<T, float>::value ? DType::f32 : DType::u8;
+  auto scale = [&](const std::vector<size_t>& v) {
+    std::vector<size_t> o(v);
+    for (size_t& x : o) x *= per_row;
+    return o;
+  };
+  const auto& sr = toward_experts ? L.send_rows : L.recv_rows;
+  const auto& so = toward_experts ? L.send_off : L.recv_off;
+  const auto& rr = toward_experts ? L.recv_rows : L.send_rows;
+  const auto& ro = toward_experts ? L.recv_off : L.send_off;
+  comm_->all_to_all_v(src, scale(sr), scale(so), dst, scale(rr), scale(ro), dt, nullptr);
+}
+
+// aux = E * sum_e pmean_e * f_e and z = mean lse^2 over the global batch (MoE<T>::reduce_router_stats):
+// every rank's counts, N * pmean and N * z summed; the global counts go back to the device for the
+// router's backward.
+template <class T>
+void GptCuda<T>::reduce_router_stats(Layer& L, MoeLayerStats& st) {
+  const int E = E_, N = N_;
+  const double Ng = double(N) * W_;
+  std::vector<float> pmean(E), losses(2);
+  std::vector<int64_t> counts(E);
+  to_host(stream_, pmean.data(), pmean_, E * sizeof(float), "router pmean");
+  to_host(stream_, counts.data(), L.route_counts, E * sizeof(int64_t), "router counts");
+  to_host(stream_, losses.data(), reinterpret_cast<const float*>(L.stats + E + 1), 2 * sizeof(float), "router losses");
+  std::vector<double> buf(2 * size_t(E) + 1);
+  for (int e = 0; e < E; e++) buf[e] = double(counts[e]), buf[E + e] = double(pmean[e]) * N;
+  buf[2 * E] = double(losses[1]) * N;
+  to_device(stream_, router_sums_, buf.data(), buf.size() * sizeof(double), "router statistics");
+  comm_->all_reduce_sum(router_sums_, buf.size(), DType::f64, nullptr);
+  to_host(stream_, buf.data(), router_sums_, buf.size() * sizeof(double), "router statistics");
+  double aux = 0;
+  for (int e = 0; e < E; e++) {
+    counts[e] = int64_t(std::llround(buf[e]));
+    aux += (buf[E + e] / Ng) * buf[e] / (Ng * k_);
+  }
+  st.aux = aux * E, st.z = buf[2 * E] / Ng;
+  to_device(stream_, L.route_counts, counts.data(), E * sizeof(int64_t), "global router counts");
+}
+
+// The routed branch through the ranks: gate and router (done by moe_forward), global router
+// statistics, route_sort, the count exchange, admission on the host in the single-process order, the
+// rows to the experts' ranks, this rank's experts, the outputs back, the combine.
+template <class T>
+void GptCuda<T>::moe_forward_ep(Layer& L, MoeLayerStats& st) {
+  const int N = N_, C = C_, E = E_, k = k_, F = Fe_, W = W_, El = El_;
+  const T* w = params_t_;
+  float* losses = reinterpret_cast<float*>(L.stats + E + 1);
+  router_forward(L.logits, N, E, k, renormalize_, L.probs, L.topk_idx, L.topk_gate, pmean_, L.route_counts, losses,
+                 workspace_, stream_);
+  reduce_router_stats(L, st);
+  route_sort(L.topk_idx, N, k, E, L.pos, send_bucket_, workspace_, stream_);
+  // Rows per (expert, choice) go to the expert's rank; afterwards both sides know every split.
+  const size_t per = size_t(El) * k;
+  comm_->all_to_all(send_bucket_, recv_bucket_, per, DType::i64, nullptr);
+  std::vector<int64_t> send_bucket(size_t(E) * k), recv_bucket(size_t(E) * k);
+  to_host(stream_, send_bucket.data(), send_bucket_, send_bucket.size() * sizeof(int64_t), "send counts");
+  to_host(stream_, recv_bucket.data(), recv_bucket_, recv_bucket.size() * sizeof(int64_t), "receive counts");
+  L.send_rows.assign(W, 0), L.recv_rows.assign(W, 0), L.send_off.assign(W, 0), L.recv_off.assign(W, 0);
+  for (int r = 0; r < W; r++)
+    for (size_t b = 0; b < per; b++)
+      L.send_rows[r] += size_t(send_bucket[r * per + b]), L.recv_rows[r] += size_t(recv_bucket[r * per + b]);
+  for (int r = 1; r < W; r++)
+    L.send_off[r] = L.send_off[r - 1] + L.send_rows[r - 1], L.recv_off[r] = L.recv_off[r - 1] + L.recv_rows[r - 1];
+  L.recv_total = int64_t(L.recv_off[W - 1] + L.recv_rows[W - 1]);
+  SCMOE_CHECK(L.send_off[W - 1] + L.send_rows[W - 1] == size_t(N) * k,
+              "MoE layer " << st.layer << ": the router chose an expert outside [0, " << E << ")");
+  std::vector<int32_t> expert_row(std::max<int64_t>(L.recv_total, 1));
+  L.seg_counts.assign(El, 0), L.seg_offsets.assign(El + 1, 0);
+  const int64_t dropped = cpu::admit_rows(recv_bucket.data(), W, El, k, capacity_, L.recv_total, expert_row.data(),
+                                          L.seg_counts.data(), L.seg_offsets.data());
+  to_device(stream_, L.expert_row, expert_row.data(), L.recv_total * sizeof(int32_t), "expert rows");
+
+  permute_forward(xs_, L.moe_in, L.pos, N, k, C, stream_);
+  exchange_rows(L, xs_, xr_, true);
+  scatter_rows(L.xe, xr_, L.expert_row, L.recv_total, C, stream_);
+  const int64_t R = L.seg_offsets[El];
+  for (int le = 0; le < El; le++) {
+    const int64_t off = L.seg_offsets[le], n = L.seg_counts[le];
+    L.rows[le] = n;
+    if (n > 0) matmul_forward(L.eh + off * F, L.xe + off * C, w + L.efc_w[le], w + L.efc_b[le], int(n), C, F, stream_);
+  }
+  if (R > 0) gelu_forward(L.eg, L.eh, R * F, stream_);
+  for (int le = 0; le < El; le++) {
+    const int64_t off = L.seg_offsets[le], n = L.seg_counts[le];
+    if (n > 0) matmul_forward(L.ye + off * C, L.eg + off * F, w + L.efp_w[le], w + L.efp_b[le], int(n), F, C, stream_);
+  }
+  gather_rows(yr_, L.ye, L.expert_row, L.recv_total, C, stream_);
+  exchange_rows(L, yr_, L.ys, false);
+  combine_forward(L.moe_out, L.ys, L.topk_gate, L.pos, N, k, C, stream_);
+  st.tokens_per_expert.assign(E, 0);
+  for (int le = 0; le < El; le++) st.tokens_per_expert[first_expert_ + le] = L.seg_counts[le];
+  st.dropped = dropped, st.assignments = int64_t(N) * k;
+}
+
+// Backward mirrored: the output gradient to the experts' ranks, the experts' backward, the input
+// gradient back; then the router (global counts, losses over the global batch) and the gate.
+template <class T>
+void GptCuda<T>::moe_backward_ep(Layer& L, const T* dy) {
+  const int N = N_, C = C_, E = E_, k = k_, F = Fe_, El = El_;
+  const T* w = params_t_;
+  float* g = grads_;
+  combine_backward(xs_, dgate_, dy, L.ys, L.topk_gate, L.pos, N, k, C, stream_);
+  exchange_rows(L, xs_, yr_, true);
+  scatter_rows(dye_, yr_, L.expert_row, L.recv_total, C, stream_);
+  const int64_t R = L.seg_offsets[El];
+  for (int le = 0; le < El; le++) {
+    const int64_t off = L.seg_offsets[le], n = L.seg_counts[le];
+    if (n > 0)
+      matmul_backward<T, float>(dg_ + off * F, g + L.efp_w[le], g + L.efp_b[le], dye_ + off * C, L.eg + off * F,
+                                w + L.efp_w[le], int(n), F, C, false, stream_);
+  }
+  if (R > 0) gelu_backward(dh_, L.eh, dg_, R * F, stream_);
+  for (int le = 0; le < El; le++) {
+    const int64_t off = L.seg_offsets[le], n = L.seg_counts[le];
+    if (n > 0)
+      matmul_backward<T, float>(dxe_ + off * C, g + L.efc_w[le], g + L.efc_b[le], dh_ + off * F, L.xe + off * C,
+                                w + L.efc_w[le], int(n), C, F, false, stream_);
+  }
+  gather_rows(xr_, dxe_, L.expert_row, L.recv_total, C, stream_);
+  exchange_rows(L, xr_, xs_, false);
+  permute_backward(dmoe_x_, xs_, L.pos, N, k, C, false, stream_);
+  // The kernel normalises by the local N; the losses are means over the global batch with global
+  // counts, hence the N / N_global factor on aux (MoE<T>::backward_finish).
+  const double loss_scale = double(grad_scale_) * N, f = 1.0 / W_;
+  router_backward(dlogits_, dgate_, L.logits, L.probs, L.topk_idx, L.route_counts, N, E, k, renormalize_,
+                  float(aux_coef_ * loss_scale * f), float(z_coef_ * loss_scale), stream_);
+  matmul_backward<T, float>(dmoe_x_, g + L.gate_w, (float*)nullptr, dlogits_, L.moe_in, w + L.gate_w, N, C, E, true,
+                            stream_);
+  if (L.noise_applied) {
+    gate_noise_backward(dlogits_, L.noise_pre, L.eps, int64_t(N) * E, stream_);
+    matmul_backward<T, float>(dmoe_x_, g + L.noise_w, (float*)nullptr, dlogits_, L.moe_in, w + L.noise_w, N, C, E,
+                              true, stream_);
+  }
 }
 
 template <class T>
@@ -618,8 +785,18 @@ double GptCuda<T>::aux_loss() const {
 
 template <class T>
 float GptCuda<T>::step(double lr, int64_t t) {
-  grad_norm_squared(norm_scratch_ + grad_norm_scratch(), norm_scratch_, grads_, table_.total(), stream_);
-  grad_clip_mult(clip_, clip_ + 1, norm_scratch_ + grad_norm_scratch(), 1, oc_.grad_clip, stream_);
+  double* sq = norm_scratch_ + grad_norm_scratch();
+  if (W_ == 1) {
+    grad_norm_squared(sq, norm_scratch_, grads_, table_.total(), stream_);
+    grad_clip_mult(clip_, clip_ + 1, sq, 1, oc_.grad_clip, stream_);
+  } else {
+    // Replicated gradients summed over ranks (each rank's share is already scaled by 1/W); then the
+    // norm: replicated tensors once (identical everywhere), experts summed over ranks.
+    for (const auto& [b, e] : table_.replicated_ranges()) comm_->all_reduce_sum(grads_ + b, e - b, DType::f32, nullptr);
+    grad_norm_squared(sq, norm_scratch_, grads_, static_cast<const ParamChunk*>(chunks_), num_chunks_, stream_);
+    comm_->all_reduce_sum(sq + 1, 1, DType::f64, nullptr);
+    grad_clip_mult(clip_, clip_ + 1, sq, 2, oc_.grad_clip, stream_);
+  }
   bf16* copy = std::is_same<T, float>::value ? nullptr : reinterpret_cast<bf16*>(params_t_);
   adamw_step(params_, m_, v_, grads_, copy, static_cast<const ParamChunk*>(chunks_), num_chunks_, oc_, lr, t, clip_,
              Bf16Rounding::nearest, 0, stream_);

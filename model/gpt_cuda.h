@@ -12,6 +12,12 @@
 // single process, run in the CPU model's sequential order.
 // Routed experts: router and dispatch plan on the device, then one host synchronisation per MoE layer
 // (the per-expert row counts) so that each expert runs its own matmuls on its rows.
+// Several processes (a device communicator: NCCL, or Gloo on the emulated device's host memory): data
+// parallel for the replicated weights (gradients all-reduced in step()) and expert parallel for the
+// routed experts, rank r holding experts [r*E/W, (r+1)*E/W) as the CPU model's Dispatcher lays them
+// out: route_sort, a count exchange, admission in the single-process order on the host (cpu::admit_rows,
+// so drops do not depend on W), the rows' All-to-All there and back, the same in backward. Sequential
+// (no overlap yet); the router's statistics and losses are global as on the CPU.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -25,6 +31,7 @@
 
 namespace scmoe {
 struct Rng;
+class Communicator;
 }
 
 SCMOE_CUDA_BEGIN
@@ -43,7 +50,10 @@ class GptCuda {
   // `table`: the CPU model's parameter table (GPT<float>::table()); B sequences of model.seq_len.
   // attention: 0 = llm.c's GEMM + fused softmax path (tensor cores; saves the T x T probabilities),
   // 1 = the fused flash-style kernels (no T x T matrix), -1 = auto (flash from seq_len 2048 on).
-  GptCuda(const Config& cfg, const ParamTable& table, int B, cudaStream_t stream = nullptr, int attention = -1);
+  // comm: the device-buffer communicator of a multi-process run (nullptr or world size 1: one process);
+  // `table` must then be the CPU model's for this rank (its routed experts only).
+  GptCuda(const Config& cfg, const ParamTable& table, int B, cudaStream_t stream = nullptr, int attention = -1,
+          Communicator* comm = nullptr);
   ~GptCuda();
   GptCuda(const GptCuda&) = delete;
   GptCuda& operator=(const GptCuda&) = delete;
@@ -62,7 +72,9 @@ class GptCuda {
   // (moe.gate_noise; nullptr: none, as in evaluation), advancing it as GPT<T>::forward does.
   float forward(const int32_t* inputs, const int32_t* targets, float grad_scale, Rng* rng = nullptr);
   void backward();
-  // Clips to optim.grad_clip and applies AdamW (step t counts from 1); returns the gradient norm.
+  // Clips to optim.grad_clip and applies AdamW (step t counts from 1); returns the gradient norm. With
+  // several ranks it first sums the replicated gradients over ranks, and the norm counts every rank's
+  // experts once.
   float step(double lr, int64_t t);
 
   // Router statistics of the last forward, one entry per MoE layer (empty for dense models), and the
@@ -80,6 +92,11 @@ class GptCuda {
   void moe_forward(Layer& L, MoeLayerStats& st, bool noisy);
   void draw_gate_noise(Rng& rng);
   void moe_backward(Layer& L, const T* dy);
+  // Expert parallelism (W > 1): the routed branch through the ranks, and its helpers.
+  void moe_forward_ep(Layer& L, MoeLayerStats& st);
+  void moe_backward_ep(Layer& L, const T* dy);
+  void reduce_router_stats(Layer& L, MoeLayerStats& st);
+  void exchange_rows(const Layer& L, const T* src, T* dst, bool toward_experts);
 
   ModelConfig mc_;
   OptimConfig oc_;
@@ -88,6 +105,8 @@ class GptCuda {
   // MoE: experts, top-k, expert hidden size, rows per expert; the router's loss coefficients
   int E_ = 0, k_ = 0, Fe_ = 0;
   int64_t capacity_ = 0;
+  Communicator* comm_ = nullptr;
+  int W_ = 1, rank_ = 0, El_ = 0, first_expert_ = 0;  // ranks; local experts and the first one's index
   bool renormalize_ = true, noise_ = false;
   double aux_coef_ = 0, z_coef_ = 0;
   cudaStream_t stream_;
@@ -117,6 +136,11 @@ class GptCuda {
   std::vector<float> host_eps_;      // gate noise of every MoE layer, drawn on the host
   float* noise_eps_ = nullptr;       // ... and on the device: [MoE layers, N, E]
   double* norm_scratch_ = nullptr;
+  // Expert parallelism: send-order rows (and their gradients), receive-order rows, count and router
+  // statistics staging for the collectives (device memory: NCCL reads and writes only that).
+  T *xs_ = nullptr, *xr_ = nullptr, *yr_ = nullptr;
+  int64_t *send_bucket_ = nullptr, *recv_bucket_ = nullptr;
+  double* router_sums_ = nullptr;
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 0;
   void* chunks_ = nullptr;  // ParamChunk table on the device

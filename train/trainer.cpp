@@ -12,6 +12,9 @@
 #include <type_traits>
 
 #include "comm/communicator.h"
+#ifdef SCMOE_HAVE_NCCL
+#include "comm/nccl_communicator.h"
+#endif
 #include "core/device.h"
 #include "core/log.h"
 #include "core/rng.h"
@@ -79,7 +82,7 @@ struct DeviceModel {
 template <class S>
 struct CudaModel : DeviceModel {
   cuda::GptCuda<S> g;
-  CudaModel(const Config& cfg, const ParamTable& t, int B) : g(cfg, t, B) {}
+  CudaModel(const Config& cfg, const ParamTable& t, int B, Communicator* comm) : g(cfg, t, B, nullptr, -1, comm) {}
   void upload(const float* p, const float* m, const float* v) override { g.set_params(p), g.set_moments(m, v); }
   void download(float* p, float* m, float* v) override { g.get_params(p), g.get_moments(m, v); }
   void zero_grad() override { g.zero_grad(); }
@@ -135,6 +138,7 @@ class Trainer {
   int rank_ = 0, world_ = 1, grad_accum_ = 1;
   ProcessGroupEnv env_;
   std::unique_ptr<Communicator> comm_;  // null for a single process
+  std::unique_ptr<Communicator> device_comm_;  // train.device cuda on several ranks: NCCL for device buffers
   std::unique_ptr<GPT<T>> model_;
   std::unique_ptr<AdamW<T>> optim_;
   std::unique_ptr<DeviceModel> device_;  // train.device cuda: the live model (model_ holds host copies)
@@ -154,11 +158,16 @@ template <class T>
 void Trainer<T>::setup() {
   std::string notice;
   Device dev = select_device(cfg_.train.device, &notice);
-  // The CUDA backend trains every architecture in one process, in float32; auto falls back to the CPU
-  // for the rest, an explicit `cuda` is an error naming what is missing.
+  // The CUDA backend trains every architecture, in one process or several (with NCCL), in float32; auto
+  // falls back to the CPU for the rest, an explicit `cuda` is an error naming what is missing.
   std::string unsupported;
-  if (read_process_group_env().world_size > 1) unsupported = "several processes";
-  else if (cfg_.train.dtype != "float32") unsupported = "train.dtype " + cfg_.train.dtype;
+  if (cfg_.train.dtype != "float32") unsupported = "train.dtype " + cfg_.train.dtype;
+#ifndef SCMOE_HAVE_NCCL
+  else if (read_process_group_env().world_size > 1) unsupported = "several processes without NCCL (not found at build time)";
+#endif
+  else if (dev == Device::cuda && read_process_group_env().local_world_size > query_cuda().device_count)
+    unsupported = std::to_string(read_process_group_env().local_world_size) + " ranks on a node with " +
+                  std::to_string(query_cuda().device_count) + " GPU(s) (NCCL needs one GPU per rank)";
   if (dev == Device::cuda && !unsupported.empty()) {
     SCMOE_CHECK(cfg_.train.device == "auto", "train.device cuda: " << unsupported
                                                  << " is not on the CUDA backend yet; use train.device cpu");
@@ -223,8 +232,20 @@ void Trainer<T>::make_device_model() {
 #ifdef SCMOE_HAVE_CUDA
   if constexpr (std::is_same<T, float>::value) {
     const int B = cfg_.train.batch_size;
-    if (cfg_.train.precision == "bf16") device_ = std::make_unique<CudaModel<cuda::bf16>>(cfg_, model_->table(), B);
-    else device_ = std::make_unique<CudaModel<float>>(cfg_, model_->table(), B);
+#ifdef SCMOE_HAVE_NCCL
+    // Several processes: the device's buffers travel over NCCL (one GPU per local rank); Gloo keeps the
+    // host-side collectives (losses, statistics, checkpoints).
+    if (world_ > 1) {
+      device_comm_ = make_nccl_communicator(env_, cfg_.comm.timeout_s, nullptr, comm_.get());
+      device_comm_->set_simulated_link({cfg_.comm.simulate_link.bandwidth_gb_s, cfg_.comm.simulate_link.latency_us});
+      log_info("device communicator: nccl, %d ranks", world_);
+    }
+#endif
+    Communicator* dc = device_comm_.get();
+    if (cfg_.train.precision == "bf16")
+      device_ = std::make_unique<CudaModel<cuda::bf16>>(cfg_, model_->table(), B, dc);
+    else
+      device_ = std::make_unique<CudaModel<float>>(cfg_, model_->table(), B, dc);
     upload_to_device();
     return;
   }
@@ -365,8 +386,8 @@ bool Trainer<T>::train_step() {
   return true;
 }
 
-// One step on the CUDA backend: micro-batches accumulate gradients on the device; clipping and AdamW run
-// there too (single process, so nothing to reduce).
+// One step on the CUDA backend: micro-batches accumulate gradients on the device; the gradients'
+// all-reduce (several ranks), clipping and AdamW run there too (GptCuda::step).
 template <class T>
 bool Trainer<T>::device_step(float grad_scale) {
   const int B = cfg_.train.batch_size;
@@ -379,7 +400,8 @@ bool Trainer<T>::device_step(float grad_scale) {
     moe_stats_.add(device_->moe_stats(), device_->aux_loss());
     device_->backward();
   }
-  last_loss_ = loss;
+  moe_stats_.reduce(comm_.get());
+  last_loss_ = reduce_mean(loss);
   if (!std::isfinite(last_loss_)) return false;
   last_lr_ = lr_at(cfg_.optim, cfg_.train.max_steps, state_.step);
   optim_->set_t(optim_->t() + 1);
