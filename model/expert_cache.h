@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/stream.h"
@@ -141,6 +142,28 @@ class ExpertCache {
   OffloadStats stats_;
   std::vector<int64_t> per_expert_;
 };
+
+// A generator's caches, one per block (null for blocks without routed experts): each layer's counters,
+// their sum, and the device bytes of all the slots.
+template <class T>
+std::vector<std::pair<int, OffloadStats>> per_layer_stats(const std::vector<std::unique_ptr<ExpertCache<T>>>& caches) {
+  std::vector<std::pair<int, OffloadStats>> out;
+  for (const auto& c : caches)
+    if (c) out.push_back({c->layer(), c->stats()});
+  return out;
+}
+inline OffloadStats sum_stats(const std::vector<std::pair<int, OffloadStats>>& per_layer) {
+  OffloadStats s;
+  for (const auto& [layer, st] : per_layer) s += st;
+  return s;
+}
+template <class T>
+size_t slot_bytes_of(const std::vector<std::unique_ptr<ExpertCache<T>>>& caches) {
+  size_t n = 0;
+  for (const auto& c : caches)
+    if (c) n += size_t(c->slots()) * c->slot_bytes();
+  return n;
+}
 
 // Definitions in model/expert_cache_impl.h: expert_cache.cpp instantiates float and double, the CUDA
 // generator its bf16 storage type.

@@ -36,7 +36,8 @@ Generator<T>::Generator(GPT<T>& model, const InferenceConfig& ic)
       V_(mc_.vocab_size),
       Tn_(mc_.seq_len),
       H_(mc_.n_head),
-      migration_(parse_migration(ic.migration)) {
+      migration_(parse_migration(ic.migration)),
+      window_(mc_.seq_len) {
   const ParamTable& pt = model.table();
   const T* params = model.params();
   wte_ = params + offset_of(pt, "wte");
@@ -135,25 +136,14 @@ void Generator<T>::alloc(Arena& a) {
 
 template <class T>
 void Generator<T>::reset() {
-  ctx_.clear();
+  window_.clear();
 }
 
 template <class T>
 const T* Generator<T>::step(int32_t token) {
   SCMOE_CHECK(token >= 0 && token < V_,
               "token " << token << " outside the vocabulary (model.vocab_size " << V_ << ")");
-  if (int(ctx_.size()) == Tn_) {  // the window is full: slide it, recomputing the newest half
-    const int keep = Tn_ / 2;
-    std::vector<int32_t> tail(ctx_.end() - keep, ctx_.end());
-    ctx_.clear();
-    slides_++;
-    for (int32_t t : tail) {
-      ctx_.push_back(t);
-      forward_position(t);
-    }
-  }
-  ctx_.push_back(token);
-  forward_position(token);
+  window_.push(token, [this](int32_t t) { forward_position(t); });
   return logits_;
 }
 
@@ -167,7 +157,7 @@ void Generator<T>::norm(const Norm<T>& n, T* y, const T* x) {
 
 template <class T>
 void Generator<T>::forward_position(int32_t token) {
-  const int p = int(ctx_.size()) - 1, C = C_;
+  const int p = window_.position(), C = C_;
   positions_++;
   auto& blocks = model_.blocks();
   const bool speculate_on = offloading() && migration_ == Migration::speculative;
@@ -278,26 +268,10 @@ DeviceMemory Generator<T>::device_memory() const {
     const size_t end = i + 1 < specs.size() ? specs[i + 1].offset : model_.table().total();
     (specs[i].expert ? m.expert_params : m.other_params) += (end - specs[i].offset) * sizeof(T);
   }
-  for (const auto& c : caches_)
-    if (c) m.expert_cache += size_t(c->slots()) * c->slot_bytes();
+  m.expert_cache = slot_bytes_of(caches_);
   m.kv_cache = size_t(L_) * 2 * Tn_ * C_ * sizeof(T);
   m.activations = arena_.bytes() - m.kv_cache;
   return m;
-}
-
-template <class T>
-std::vector<std::pair<int, OffloadStats>> Generator<T>::layer_stats() const {
-  std::vector<std::pair<int, OffloadStats>> out;
-  for (const auto& c : caches_)
-    if (c) out.push_back({c->layer(), c->stats()});
-  return out;
-}
-
-template <class T>
-OffloadStats Generator<T>::offload_stats() const {
-  OffloadStats s;
-  for (const auto& [l, st] : layer_stats()) s += st;
-  return s;
 }
 
 template <class T>

@@ -42,15 +42,15 @@ class Generator {
   const T* step(int32_t token);
   void reset();  // empty context (the expert caches keep their contents)
 
-  const std::vector<int32_t>& context() const { return ctx_; }  // the tokens in the KV cache
-  int slides() const { return slides_; }
+  const std::vector<int32_t>& context() const { return window_.tokens(); }  // the tokens in the KV cache
+  int slides() const { return window_.slides(); }
   int64_t positions() const { return positions_; }  // positions computed so far (slides recompute some)
   bool offloading() const { return !caches_.empty(); }
   Migration migration() const { return migration_; }
   DeviceMemory device_memory() const;
   // Offloading counters per MoE layer (layer index, counters) and summed; empty when not offloading.
-  std::vector<std::pair<int, OffloadStats>> layer_stats() const;
-  OffloadStats offload_stats() const;
+  std::vector<std::pair<int, OffloadStats>> layer_stats() const { return per_layer_stats(caches_); }
+  OffloadStats offload_stats() const { return sum_stats(layer_stats()); }
   const ExpertLink* link() const { return link_.get(); }
   const ExpertCache<T>* cache(int layer) const;
 
@@ -91,8 +91,7 @@ class Generator {
   T* spec_gate_ = nullptr;
   std::vector<double> pmean_;
   std::vector<int64_t> counts_;
-  std::vector<int32_t> ctx_;
-  int slides_ = 0;
+  ContextWindow window_;
   int64_t positions_ = 0;
   std::unique_ptr<ExpertLink> link_;  // declared before the caches: they are destroyed first
   std::vector<std::unique_ptr<ExpertCache<T>>> caches_;  // per block (null for blocks without experts)

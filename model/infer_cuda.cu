@@ -81,7 +81,8 @@ template <class T>
 GeneratorCuda<T>::GeneratorCuda(const Config& cfg, const ParamTable& table, const float* params)
     : L_(cfg.model.n_layer), C_(cfg.model.d_model), V_(cfg.model.vocab_size), Tn_(cfg.model.seq_len),
       H_(cfg.model.n_head), F_(cfg.model.d_ff), rms_(cfg.model.norm == "rmsnorm"),
-      migration_(parse_migration(cfg.inference.migration)) {
+      migration_(parse_migration(cfg.inference.migration)),
+      window_(cfg.model.seq_len) {
   const std::string& arch = cfg.model.arch;
   SCMOE_CHECK(arch == "dense" || arch == "moe" || arch == "shared_expert" || arch == "scmoe",
               "model.arch: expected dense|moe|shared_expert|scmoe, got '" << arch << "'");
@@ -260,8 +261,7 @@ GeneratorCuda<T>::GeneratorCuda(const Config& cfg, const ParamTable& table, cons
       if (layers_[l].moe)
         caches_[l] = std::make_unique<ExpertCache<T>>(l, cfg.inference.expert_cache_slots, host_experts_,
                                                       layers_[l].expert, expert_span_, link_.get());
-    for (const auto& c : caches_)
-      if (c) mem_.expert_cache += size_t(c->slots()) * c->slot_bytes();
+    mem_.expert_cache = slot_bytes_of(caches_);
   }
 }
 
@@ -277,18 +277,7 @@ GeneratorCuda<T>::~GeneratorCuda() {
 template <class T>
 const float* GeneratorCuda<T>::step(int32_t token) {
   SCMOE_CHECK(token >= 0 && token < V_, "token " << token << " outside the vocabulary (model.vocab_size " << V_ << ")");
-  if (int(ctx_.size()) == Tn_) {  // the window is full: slide it, recomputing the newest half
-    const int keep = Tn_ / 2;
-    std::vector<int32_t> tail(ctx_.end() - keep, ctx_.end());
-    ctx_.clear();
-    slides_++;
-    for (int32_t t : tail) {
-      ctx_.push_back(t);
-      forward_position(t);
-    }
-  }
-  ctx_.push_back(token);
-  forward_position(token);
+  window_.push(token, [this](int32_t t) { forward_position(t); });
   sync(stream_);
   copy_to_host(host_logits_t_.data(), logits_, size_t(V_) * sizeof(T), "logits");
   for (int i = 0; i < V_; i++) host_logits_[i] = to_f32(host_logits_t_[i]);
@@ -304,7 +293,7 @@ void GeneratorCuda<T>::norm(T* y, const T* x, size_t w, size_t b) {
 
 template <class T>
 void GeneratorCuda<T>::forward_position(int32_t token) {
-  const int p = int(ctx_.size()) - 1, C = C_;
+  const int p = window_.position(), C = C_;
   positions_++;
   const bool speculate_on = offloading() && migration_ == Migration::speculative;
   // The embedding: one row of wte plus one of wpe (encoder_forward without uploading the token).
@@ -413,21 +402,6 @@ void GeneratorCuda<T>::block_out(int l, T* out) {
   } else {
     add(out, Ly.a, Ly.moe_out, C, stream_);
   }
-}
-
-template <class T>
-std::vector<std::pair<int, OffloadStats>> GeneratorCuda<T>::layer_stats() const {
-  std::vector<std::pair<int, OffloadStats>> out;
-  for (const auto& c : caches_)
-    if (c) out.push_back({c->layer(), c->stats()});
-  return out;
-}
-
-template <class T>
-OffloadStats GeneratorCuda<T>::offload_stats() const {
-  OffloadStats s;
-  for (const auto& [l, st] : layer_stats()) s += st;
-  return s;
 }
 
 template class GeneratorCuda<float>;

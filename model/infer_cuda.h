@@ -43,17 +43,17 @@ class GeneratorCuda {
   // Appends one token and returns the logits [V] of the next one, fp32 on the host (valid until the
   // next call).
   const float* step(int32_t token);
-  void reset() { ctx_.clear(); }  // empty context (the expert caches keep their contents)
+  void reset() { window_.clear(); }  // empty context (the expert caches keep their contents)
 
-  const std::vector<int32_t>& context() const { return ctx_; }
-  int slides() const { return slides_; }
+  const std::vector<int32_t>& context() const { return window_.tokens(); }
+  int slides() const { return window_.slides(); }
   int64_t positions() const { return positions_; }
   bool offloading() const { return !caches_.empty(); }
   Migration migration() const { return migration_; }
   // Device bytes as allocated (the expert parameters counted whether resident or not).
   DeviceMemory device_memory() const { return mem_; }
-  std::vector<std::pair<int, OffloadStats>> layer_stats() const;
-  OffloadStats offload_stats() const;
+  std::vector<std::pair<int, OffloadStats>> layer_stats() const { return per_layer_stats(caches_); }
+  OffloadStats offload_stats() const { return sum_stats(layer_stats()); }
   const ExpertLink* link() const { return link_.get(); }
   const ExpertCache<T>* cache(int layer) const { return caches_.empty() ? nullptr : caches_.at(layer).get(); }
 
@@ -88,8 +88,7 @@ class GeneratorCuda {
   std::vector<T> host_logits_t_;
   std::vector<float> host_logits_;
   std::vector<int32_t> host_idx_;
-  std::vector<int32_t> ctx_;
-  int slides_ = 0;
+  ContextWindow window_;
   int64_t positions_ = 0;
   DeviceMemory mem_;
   std::unique_ptr<ExpertLink> link_;  // declared before the caches: they are destroyed first

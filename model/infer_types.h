@@ -2,7 +2,9 @@
 // copies start, and the device memory they account for.
 #pragma once
 #include <cstddef>
+#include <cstdint>
 #include <string>
+#include <vector>
 
 namespace scmoe {
 
@@ -17,6 +19,37 @@ struct DeviceMemory {
   size_t kv_cache = 0, activations = 0;
   size_t resident() const { return expert_params + other_params + kv_cache + activations; }
   size_t offloaded() const { return other_params + expert_cache + kv_cache + activations; }
+};
+
+// The tokens in the KV cache, at most `size` (model.seq_len). push() appends a token and has it
+// computed; when the window is full it first slides: the newest size/2 tokens are recomputed into an
+// empty cache. compute(token) computes the position tokens().size() - 1.
+class ContextWindow {
+ public:
+  explicit ContextWindow(int size) : size_(size) {}
+  template <class Compute>
+  void push(int32_t token, Compute&& compute) {
+    if (int(tokens_.size()) == size_) {
+      std::vector<int32_t> tail(tokens_.end() - size_ / 2, tokens_.end());
+      tokens_.clear();
+      slides_++;
+      for (int32_t t : tail) {
+        tokens_.push_back(t);
+        compute(t);
+      }
+    }
+    tokens_.push_back(token);
+    compute(token);
+  }
+  void clear() { tokens_.clear(); }
+  const std::vector<int32_t>& tokens() const { return tokens_; }
+  int position() const { return int(tokens_.size()) - 1; }  // of the token being computed
+  int slides() const { return slides_; }
+
+ private:
+  int size_;
+  std::vector<int32_t> tokens_;
+  int slides_ = 0;
 };
 
 }  // namespace scmoe

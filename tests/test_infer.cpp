@@ -13,32 +13,14 @@
 #include "model/gpt.h"
 #include "model/infer.h"
 #include "model/sampler.h"
+#include "tests/infer_testing.h"
 #include "tests/testing.h"
 
 using namespace scmoe;
+using infer_testing::config_of;
+using infer_testing::randomise;
 
 namespace {
-
-const std::vector<std::string> kSmall = {"model.n_layer=4",    "model.d_model=16",  "model.n_head=2",
-                                         "model.d_ff=24",      "model.seq_len=12",  "model.vocab_size=23",
-                                         "model.init_std=0.4", "moe.num_experts=4", "moe.capacity_factor=0",
-                                         "train.batch_size=1"};
-
-Config config_of(std::vector<std::string> sets) {
-  std::vector<std::string> all = kSmall;
-  all.insert(all.end(), sets.begin(), sets.end());
-  return load_config("", all);
-}
-
-// A model with random weights whose norms and biases are perturbed away from 1 / 0 so they matter.
-template <class T>
-void randomise(GPT<T>& m, uint64_t seed) {
-  m.init(seed);
-  Rng r(seed + 1);
-  for (const auto& s : m.table().specs())
-    if (!s.decay)
-      for (size_t i = 0; i < s.numel; i++) m.params()[s.offset + i] += T(0.2 * r.normal());
-}
 
 template <class T>
 int argmax(const T* v, int n) {

@@ -18,31 +18,14 @@
 #include "model/infer.h"
 #include "model/infer_cuda.h"
 #include "model/sampler.h"
+#include "tests/infer_testing.h"
 #include "tests/emu/kernel_test.h"
 
 using namespace scmoe;
+using infer_testing::config_of;
+using infer_testing::randomise;
 
 namespace {
-
-const std::vector<std::string> kSmall = {"model.n_layer=4",    "model.d_model=16",  "model.n_head=2",
-                                         "model.d_ff=24",      "model.seq_len=12",  "model.vocab_size=23",
-                                         "model.init_std=0.4", "moe.num_experts=4", "moe.capacity_factor=0",
-                                         "train.batch_size=1"};
-
-Config config_of(std::vector<std::string> sets) {
-  std::vector<std::string> all = kSmall;
-  all.insert(all.end(), sets.begin(), sets.end());
-  return load_config("", all);
-}
-
-// Random weights, norms and biases perturbed away from 1 / 0 so that they matter.
-void randomise(GPT<float>& m, uint64_t seed) {
-  m.init(seed);
-  Rng r(seed + 1);
-  for (const auto& s : m.table().specs())
-    if (!s.decay)
-      for (size_t i = 0; i < s.numel; i++) m.params()[s.offset + i] += float(0.2 * r.normal());
-}
 
 int argmax(const float* v, int n) {
   return int(std::max_element(v, v + n) - v);
