@@ -70,10 +70,12 @@ class NcclCommunicator : public Communicator {
     if (barrier_buf_) cudaFree(barrier_buf_);
     if (!comm_) return;
     // While an error unwinds, peers may be gone: abort instead of waiting for their operations.
-    if (std::uncaught_exceptions() > 0)
+    if (std::uncaught_exceptions() > 0) {
       ncclCommAbort(comm_);
-    else
+    } else {
+      cudaStreamSynchronize(stream_);  // queued simulated-link callbacks still refer to this object
       ncclCommDestroy(comm_);
+    }
   }
 
   int rank() const override { return rank_; }

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <thread>
 
@@ -60,6 +61,13 @@ void HostLink::wait(Event& e, double* exposed_ms) {
   const auto t0 = Clock::now();
   while (!e.query()) std::this_thread::yield();
   *exposed_ms += std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+}
+
+std::string HostLink::describe() const {
+  if (!simulated()) return "host link: memcpy on a copy thread (not simulated)";
+  char buf[96];
+  std::snprintf(buf, sizeof buf, "host link %.3g GB/s + %.3g us (simulated)", gb_s_, latency_us_);
+  return buf;
 }
 
 void* HostLink::alloc(size_t bytes, const std::string& what) {

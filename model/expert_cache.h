@@ -44,6 +44,7 @@ class ExpertLink {
   // Time transfers took, from their start to their end. Read it after synchronize() (and settle()).
   virtual double busy_ms() const = 0;
   virtual bool simulated() const { return false; }
+  virtual std::string describe() const = 0;  // for the figures: what the link is
   virtual double gb_s() const { return 0; }
   virtual double latency_us() const { return 0; }
 };
@@ -67,6 +68,7 @@ class HostLink : public ExpertLink {
   bool simulated() const override { return gb_s_ > 0 || latency_us_ > 0; }
   double gb_s() const override { return gb_s_; }
   double latency_us() const override { return latency_us_; }
+  std::string describe() const override;
 
  private:
   double gb_s_, latency_us_;

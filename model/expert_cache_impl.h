@@ -3,6 +3,8 @@
 #pragma once
 #include <algorithm>
 #include <cstdint>
+#include <cstdio>
+#include <exception>
 #include <string>
 
 #include "core/check.h"
@@ -37,7 +39,13 @@ ExpertCache<T>::ExpertCache(int layer, int slots, const T* host, std::vector<siz
 
 template <class T>
 ExpertCache<T>::~ExpertCache() {
-  for (Slot& s : slots_) s.ready->synchronize();  // no copy may still write into the memory freed next
+  // No copy may still write into the memory freed next. A device error here (a fault the step that
+  // is unwinding already reported) must not escape a destructor.
+  try {
+    for (Slot& s : slots_) s.ready->synchronize();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "warning: expert cache of layer %d: waiting for its copies failed: %s\n", layer_, e.what());
+  }
   link_->free(mem_);
 }
 

@@ -25,7 +25,7 @@ class CopyEvent : public Event {
     return true;
   }
   void synchronize() override { SCMOE_CUDA_CHECK(cudaEventSynchronize(ev_)); }
-  double completed_at_ms() const override { return 0; }
+  double completed_at_ms() const override { return 0; }  // not tracked: the link times copies with spans
   cudaEvent_t get() const { return ev_; }
 
  private:
@@ -36,6 +36,7 @@ class CudaExpertLink : public ExpertLink {
  public:
   explicit CudaExpertLink(cudaStream_t compute) : compute_(compute) {
     SCMOE_CUDA_CHECK(cudaStreamCreateWithFlags(&copy_, cudaStreamNonBlocking));
+    SCMOE_CUDA_CHECK(cudaEventCreateWithFlags(&compute_mark_, cudaEventDisableTiming));
   }
   ~CudaExpertLink() override {
     cudaStreamSynchronize(copy_);
@@ -43,10 +44,17 @@ class CudaExpertLink : public ExpertLink {
     for (const Span& s : copies_) release(s);
     for (const Wait& w : waits_) release(w.span);
     for (cudaEvent_t e : pool_) cudaEventDestroy(e);
+    cudaEventDestroy(compute_mark_);
     cudaStreamDestroy(copy_);
   }
 
+  // The copy may overwrite a slot that kernels queued earlier on the compute stream still read (the
+  // expert it held before): it starts only after the compute work queued so far. Requests come right
+  // after a gate's host synchronisation (async, speculative), when that queue is empty, or at the
+  // point of use (blocking), where waiting is the point.
   void copy(void* dst, const void* src, size_t bytes, Event& done) override {
+    SCMOE_CUDA_CHECK(cudaEventRecord(compute_mark_, compute_));
+    SCMOE_CUDA_CHECK(cudaStreamWaitEvent(copy_, compute_mark_, 0));
     const Span s = span();
     SCMOE_CUDA_CHECK(cudaEventRecord(s.begin, copy_));
     SCMOE_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, copy_));
@@ -54,8 +62,10 @@ class CudaExpertLink : public ExpertLink {
     SCMOE_CUDA_CHECK(cudaEventRecord(static_cast<CopyEvent&>(done).get(), copy_));
     copies_.push_back(s);
   }
-  // The compute stream waits on the device; the events around the wait time the stall.
+  // The compute stream waits on the device; the events around the wait time the stall (none when the
+  // copy is already done).
   void wait(Event& done, double* exposed_ms) override {
+    if (done.query()) return;
     const Span s = span();
     SCMOE_CUDA_CHECK(cudaEventRecord(s.begin, compute_));
     SCMOE_CUDA_CHECK(cudaStreamWaitEvent(compute_, static_cast<CopyEvent&>(done).get(), 0));
@@ -84,6 +94,7 @@ class CudaExpertLink : public ExpertLink {
     harvest_copies();
   }
   double busy_ms() const override { return busy_ms_; }
+  std::string describe() const override { return "PCIe: cudaMemcpyAsync from pinned memory on a copy stream"; }
 
  private:
   struct Span {
@@ -132,6 +143,7 @@ class CudaExpertLink : public ExpertLink {
   }
 
   cudaStream_t compute_, copy_{};
+  cudaEvent_t compute_mark_{};  // the compute stream's progress when a copy was issued
   std::vector<cudaEvent_t> pool_;
   std::vector<Span> copies_;
   std::vector<Wait> waits_;

@@ -57,8 +57,6 @@ size_t offset_of(const ParamTable& t, const std::string& name) {
 
 }  // namespace
 
-// How a block combines its shared expert (or MLP) with the routed experts (model/block.h).
-enum class CombineKind { add, cg1, cg2 };
 
 template <class T>
 struct GptCuda<T>::Layer {
@@ -188,6 +186,13 @@ GptCuda<T>::GptCuda(const Config& cfg, const ParamTable& table, int B, cudaStrea
     }
     L.gate_w = offset_of(table, p + ".moe.gate.weight");
     if (noise_) L.noise_w = offset_of(table, p + ".moe.noise.weight");
+    if (W_ > 1) {  // the table must be this rank's: another rank's first expert is not in it
+      const std::string other = p + ".moe.experts." + std::to_string((first_expert_ + El_) % E_) + ".fc.weight";
+      for (const auto& sp : table.specs())
+        SCMOE_CHECK(sp.name != other, "GptCuda on rank " << rank_ << " of " << W_ << ": the parameter table holds "
+                                                         << other << ", which another rank owns (build the CPU model "
+                                                                     "with the communicator)");
+    }
     for (int e = first_expert_; e < first_expert_ + El_; e++) {  // this rank's experts
       const std::string x = p + ".moe.experts." + std::to_string(e);
       L.efc_w.push_back(offset_of(table, x + ".fc.weight")), L.efc_b.push_back(offset_of(table, x + ".fc.bias"));
@@ -311,7 +316,7 @@ void GptCuda<T>::layout(bool allocate) {
   norm_scratch_ = take<double>(grad_norm_scratch() + 2, allocate);  // + the two groups' sums
   dresid_ = take<T>(NC, allocate), dnorm_ = take<T>(NC, allocate), datty_ = take<T>(NC, allocate);
   dqkv_ = take<T>(3 * NC, allocate);
-  // the MLP's (or shared expert's) hidden gradients, and the experts' (Nk rows of Fe)
+  // the MLP's (or shared expert's) hidden gradients, and the experts' (up to W * N * k rows of Fe)
   const size_t hidden = std::max({size_t(N_) * F_, size_t(N_) * Fe_, rows * Fe_});
   dh_ = take<T>(hidden, allocate), dg_ = take<T>(hidden, allocate);
   workspace_bytes_ = std::max({norm_backward_workspace_bytes(N_, C_), encoder_backward_workspace_bytes(B_, Tn_, V_),

@@ -51,7 +51,9 @@ class GptCuda {
   // attention: 0 = llm.c's GEMM + fused softmax path (tensor cores; saves the T x T probabilities),
   // 1 = the fused flash-style kernels (no T x T matrix), -1 = auto (flash from seq_len 2048 on).
   // comm: the device-buffer communicator of a multi-process run (nullptr or world size 1: one process);
-  // `table` must then be the CPU model's for this rank (its routed experts only).
+  // `table` must then be the CPU model's for this rank (its routed experts only), and comm must run its
+  // collectives in `stream`'s order (NCCL: created with `stream` as its stream hint), since the kernels
+  // around them are not otherwise ordered with them.
   GptCuda(const Config& cfg, const ParamTable& table, int B, cudaStream_t stream = nullptr, int attention = -1,
           Communicator* comm = nullptr);
   ~GptCuda();

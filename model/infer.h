@@ -41,6 +41,9 @@ class Generator {
   // Appends one token and returns the logits [V] of the next one (valid until the next call).
   const T* step(int32_t token);
   void reset();  // empty context (the expert caches keep their contents)
+  void finish() {  // waits for transfers still in flight, so that the figures count them
+    if (link_) link_->synchronize();
+  }
 
   const std::vector<int32_t>& context() const { return window_.tokens(); }  // the tokens in the KV cache
   int slides() const { return window_.slides(); }

@@ -21,8 +21,6 @@
 
 SCMOE_CUDA_BEGIN
 
-// How a block combines its shared expert (or MLP) with the routed experts (as in gpt_cuda.cu).
-enum class CombineKind { add, cg1, cg2 };
 using Combine = CombineKind;
 
 namespace {
@@ -45,7 +43,8 @@ struct Carver {
   }
 };
 
-// Synchronous copies run on the legacy default stream; finish ours first.
+// Synchronous copies run on the legacy default stream; finish ours first (stream_ is that stream
+// today, so this guards a generator given a stream of its own).
 void sync(cudaStream_t stream) {
 #if defined(SCMOE_SIMT_EMU)
   (void)stream;
@@ -191,7 +190,8 @@ GeneratorCuda<T>::GeneratorCuda(const Config& cfg, const ParamTable& table, cons
     const float* s = params + specs[i].offset;
     for (size_t j = 0; j < len; j++) dst[at + j] = from_f32<T>(s[j]);
   };
-  params_ = static_cast<T*>(device_alloc(dev_total * sizeof(T), "parameters"));
+  params_store_ = DeviceArray<T>(dev_total, "parameters");
+  params_ = params_store_.get();
   {
     std::vector<T> staged(dev_total);
     for (size_t i = 0; i < specs.size(); i++)
@@ -199,9 +199,9 @@ GeneratorCuda<T>::GeneratorCuda(const Config& cfg, const ParamTable& table, cons
     copy_to_device(params_, staged.data(), dev_total * sizeof(T), "parameters");
   }
   if (offload) {
-    host_experts_ = static_cast<T*>(host_pinned_alloc(host_total * sizeof(T), "the routed experts"));
+    host_experts_.reset(static_cast<T*>(host_pinned_alloc(host_total * sizeof(T), "the routed experts")));
     for (size_t i = 0; i < specs.size(); i++)
-      if (specs[i].expert) convert(host_experts_, i, host[i]);
+      if (specs[i].expert) convert(host_experts_.get(), i, host[i]);
   }
 
   // KV caches and activations, measured then allocated.
@@ -235,8 +235,8 @@ GeneratorCuda<T>::GeneratorCuda(const Config& cfg, const ParamTable& table, cons
   Carver measure;
   carve(measure);
   mem_.activations = measure.used - mem_.kv_cache;
-  arena_ = static_cast<char*>(device_alloc(measure.used, "the KV cache and activations"));
-  Carver real{arena_, 0};
+  arena_ = DeviceArray<char>(measure.used, "the KV cache and activations");
+  Carver real{arena_.get(), 0};
   carve(real);
   for (Layer& Ly : layers_) {
     if (!Ly.moe) continue;
@@ -259,7 +259,7 @@ GeneratorCuda<T>::GeneratorCuda(const Config& cfg, const ParamTable& table, cons
     caches_.resize(L_);
     for (int l = 0; l < L_; l++)
       if (layers_[l].moe)
-        caches_[l] = std::make_unique<ExpertCache<T>>(l, cfg.inference.expert_cache_slots, host_experts_,
+        caches_[l] = std::make_unique<ExpertCache<T>>(l, cfg.inference.expert_cache_slots, host_experts_.get(),
                                                       layers_[l].expert, expert_span_, link_.get());
     mem_.expert_cache = slot_bytes_of(caches_);
   }
@@ -269,9 +269,19 @@ template <class T>
 GeneratorCuda<T>::~GeneratorCuda() {
   caches_.clear();  // their slots and events go before the link
   link_.reset();
-  device_free(arena_);
-  device_free(params_);
-  host_pinned_free(host_experts_);
+}  // then the pinned experts, the arena and the parameters (members, in reverse order)
+
+template <class T>
+void GeneratorCuda<T>::PinnedFree::operator()(T* p) const {
+  host_pinned_free(p);
+}
+
+template <class T>
+void GeneratorCuda<T>::finish() {
+  sync(stream_);
+  if (!link_) return;
+  link_->synchronize();
+  link_->settle();
 }
 
 template <class T>
@@ -409,7 +419,5 @@ template class GeneratorCuda<bf16>;
 
 SCMOE_CUDA_END
 
-// The cache's bookkeeping for the bf16 storage type (float comes with expert_cache.cpp).
-namespace scmoe {
-template class ExpertCache<scmoe::cuda::bf16>;
-}
+// ExpertCache<bf16> is instantiated implicitly from expert_cache_impl.h where used (float comes with
+// expert_cache.cpp): this source is built twice, natively and emulated, and a test binary may link both.

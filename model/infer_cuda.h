@@ -12,16 +12,19 @@
 // the expert over PCIe with cudaMemcpyAsync on a copy stream, and the compute stream waits for that
 // copy's event only where the expert's matmuls start (inference.migration as on the CPU: blocking,
 // async, speculative). The host reads the chosen experts after each gate (one small synchronisation per
-// MoE layer) to know which slots to fill. Built twice like the kernels: natively, and under the SIMT
+// MoE layer, offloading or not: it picks the experts' weights; speculation adds one more) to know which
+// weights to use and which slots to fill. Built twice like the kernels: natively, and under the SIMT
 // emulation (tests/emu/infer_cuda.cpp) where the CPU's HostLink thread plays the copy engine.
 #pragma once
 #include <cstdint>
+#include <cstdlib>
 #include <memory>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "kernels/cuda/abi.h"
+#include "kernels/cuda/device_memory.h"
 #include "model/expert_cache.h"
 #include "model/infer_types.h"
 #include "model/params.h"
@@ -44,6 +47,7 @@ class GeneratorCuda {
   // next call).
   const float* step(int32_t token);
   void reset() { window_.clear(); }  // empty context (the expert caches keep their contents)
+  void finish();  // waits for the device and transfers still in flight, so that the figures count them
 
   const std::vector<int32_t>& context() const { return window_.tokens(); }
   int slides() const { return window_.slides(); }
@@ -72,11 +76,16 @@ class GeneratorCuda {
   Migration migration_ = Migration::async;
   cudaStream_t stream_ = nullptr;
   std::vector<Layer> layers_;
-  T* params_ = nullptr;  // device: the parameter table's layout, routed experts left out when offloading
+  struct PinnedFree {
+    void operator()(T* p) const;
+  };
+  // Device: the parameter table's layout, routed experts left out when offloading (params_ points in).
+  DeviceArray<T> params_store_;
+  T* params_ = nullptr;
   size_t wte_ = 0, wpe_ = 0, lnf_w_ = 0, lnf_b_ = 0;
   size_t fc_b_ = 0, proj_w_ = 0, proj_b_ = 0, expert_span_ = 0;  // one expert's tensors, from its start
-  T* host_experts_ = nullptr;  // pinned: every routed expert (offloading only)
-  char* arena_ = nullptr;      // device: KV caches and activations
+  std::unique_ptr<T, PinnedFree> host_experts_;  // pinned: every routed expert (offloading only)
+  DeviceArray<char> arena_;                       // device: KV caches and activations
   T *resid_ = nullptr, *tmp_ = nullptr, *hidden_h_ = nullptr, *hidden_g_ = nullptr, *ye_ = nullptr;
   T *glogits_ = nullptr, *spec_x_ = nullptr, *lnf_out_ = nullptr, *logits_ = nullptr;
   float *stats_ = nullptr, *att_ = nullptr, *probs_ = nullptr, *pmean_ = nullptr, *losses_ = nullptr;

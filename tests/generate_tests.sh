@@ -11,7 +11,8 @@ source "$SRC/tests/e2e_common.sh"
 TINY=(--set model.n_layer=4 --set model.d_model=64 --set model.n_head=4 --set model.d_ff=128
       --set model.seq_len=32 --set train.batch_size=4 --set train.eval_batches=1 --set train.eval_every=0
       --set moe.num_experts=4 --set "data.train=$DATA/train_*.bin" --set "data.val=$DATA/val_*.bin"
-      --set train.threads=1)  # ctest runs two cases at once on 2 cores
+      --set train.threads=1  # ctest runs two cases at once on 2 cores
+      --set train.device=cpu)  # the cuda case overrides it
 
 train_model() {  # train_model OUT_DIR extra-args...: 8 steps, a checkpoint at the end
   local out=$1

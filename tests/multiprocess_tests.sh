@@ -70,7 +70,8 @@ fi
 
 TINY=(--set model.n_layer=2 --set model.d_model=64 --set model.n_head=4 --set model.d_ff=256
       --set model.seq_len=64 --set train.log_every=1 --set train.eval_batches=4
-      --set "data.train=$DATA/train_*.bin" --set "data.val=$DATA/val_*.bin" --set train.threads=1)
+      --set "data.train=$DATA/train_*.bin" --set "data.val=$DATA/val_*.bin" --set train.threads=1
+      --set train.device=cpu)  # the CPU backend (Gloo, overlap, peer wait), also where GPUs would be taken
 MOE=(--set moe.num_experts=4 --set moe.gate_noise=true)
 
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }

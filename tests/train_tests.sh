@@ -10,7 +10,8 @@ source "$SRC/tests/e2e_common.sh"
 
 TINY=(--set model.n_layer=2 --set model.d_model=64 --set model.n_head=4 --set model.d_ff=256
       --set model.seq_len=64 --set train.batch_size=8 --set train.log_every=1 --set train.eval_batches=4
-      --set "data.train=$DATA/train_*.bin" --set "data.val=$DATA/val_*.bin" --set train.threads=1)  # ctest runs two cases at once on 2 cores
+      --set "data.train=$DATA/train_*.bin" --set "data.val=$DATA/val_*.bin" --set train.threads=1  # ctest runs two cases at once on 2 cores
+      --set train.device=cpu)  # the CPU backend's behaviour, also on a machine with a GPU (auto would take it)
 
 val_of() { grep -o '"val_loss":[0-9.e+-]*' "$1/metrics.jsonl" | tail -1 | cut -d: -f2; }
 

@@ -81,6 +81,7 @@ int decode(const Config& cfg, const GenerateOptions& opt, Gen& gen, const std::v
     latency_ms.push_back(now_ms() - t0);
   }
   const double decode_s = (now_ms() - t_decode) / 1000;
+  gen.finish();  // transfers still in flight (a last prefetch) are counted in the figures
   const double tok_s = decode_s > 0 ? opt.max_new_tokens / decode_s : 0;
   const double med = percentile(latency_ms, 0.5), p90 = percentile(latency_ms, 0.9);
 
@@ -96,14 +97,8 @@ int decode(const Config& cfg, const GenerateOptions& opt, Gen& gen, const std::v
   const char* migration = cfg.inference.migration.c_str();
   if (gen.offloading()) {
     const ExpertLink& link = *gen.link();
-    char linkdesc[96];
-    if (link.simulated())
-      std::snprintf(linkdesc, sizeof linkdesc, "host link %.3g GB/s + %.3g us (simulated)", link.gb_s(),
-                    link.latency_us());
-    else
-      std::snprintf(linkdesc, sizeof linkdesc, "host link: memcpy");
     std::fprintf(stderr, "offload: %s migration, %d of %d experts cached per MoE layer, %s\n", migration,
-                 cfg.inference.expert_cache_slots, cfg.moe.num_experts, linkdesc);
+                 cfg.inference.expert_cache_slots, cfg.moe.num_experts, link.describe().c_str());
     char spec[96] = "";
     if (os.spec_transfers > 0)
       std::snprintf(spec, sizeof spec, " (%lld speculative, %lld of them used)", (long long)os.spec_transfers,
@@ -139,7 +134,7 @@ int decode(const Config& cfg, const GenerateOptions& opt, Gen& gen, const std::v
       "\"requests\": %lld, \"hit_rate\": %.4f, \"exposed_transfer_ms\": %.3f, \"link_busy_ms\": %.3f, "
       "\"threads\": %d}\n",
       device, cfg.model.arch.c_str(), gen.offloading() ? "true" : "false", migration,
-      cfg.inference.expert_cache_slots, cfg.moe.num_experts, cfg.inference.host_link_gb_s, prompt.size(),
+      cfg.inference.expert_cache_slots, cfg.moe.num_experts, gen.link() ? gen.link()->gb_s() : 0.0, prompt.size(),
       opt.max_new_tokens, (long long)gen.positions(), prefill_ms, tok_s, med, p90, peak, mem.resident(),
       cut / 100, (long long)os.bytes, (long long)os.transfers, (long long)os.spec_transfers,
       (long long)os.spec_hits, (long long)os.requests, os.hit_rate(), os.exposed_ms,

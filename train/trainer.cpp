@@ -238,7 +238,9 @@ void Trainer<T>::make_device_model() {
     if (world_ > 1) {
       device_comm_ = make_nccl_communicator(env_, cfg_.comm.timeout_s, nullptr, comm_.get());
       device_comm_->set_simulated_link({cfg_.comm.simulate_link.bandwidth_gb_s, cfg_.comm.simulate_link.latency_us});
-      log_info("device communicator: nccl, %d ranks", world_);
+      log_info("device communicator: nccl, %d ranks; the MoE exchanges run sequentially on the device "
+               "(comm.overlap, moe.pipeline_degree and comm.measure_peer_wait apply to the cpu backend)",
+               world_);
     }
 #endif
     Communicator* dc = device_comm_.get();
@@ -430,6 +432,8 @@ double Trainer<T>::reduce_mean(double local) {
 // transfer_overlap (the same without the waits for the slowest rank); returns the step line's suffix.
 template <class T>
 std::string Trainer<T>::comm_fields(std::vector<std::pair<std::string, double>>& fields) {
+  // The CUDA backend runs its exchanges sequentially and does not time them (yet): no figures.
+  if (device_) return "";
   auto timings = model_->take_comm_timings();
   if (timings.empty()) return "";
   double comm = 0, exposed = 0, peer = 0, exposed_peer = 0;

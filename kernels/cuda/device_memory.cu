@@ -153,8 +153,11 @@ void* host_pinned_alloc(size_t bytes, const std::string& what) {
   p = std::aligned_alloc(256, (bytes + 255) / 256 * 256);
   SCMOE_CHECK(p, "out of host memory allocating " << what << " (" << format_bytes(bytes) << ")");
 #else
-  SCMOE_CUDA_CHECK_FOR(cudaHostAlloc(&p, bytes, cudaHostAllocDefault),
-                       "pinned host memory for " + what + " (" + format_bytes(bytes) + ")");
+  const cudaError_t err = cudaHostAlloc(&p, bytes, cudaHostAllocDefault);
+  SCMOE_CHECK(err == cudaSuccess, "cudaHostAlloc of " << format_bytes(bytes) << " of page-locked host memory for "
+                                                     << what << " failed: " << cudaGetErrorString(err)
+                                                     << ". The host may lack that much free RAM, or the locked-"
+                                                        "memory limit (ulimit -l) is lower");
 #endif
   return p;
 }

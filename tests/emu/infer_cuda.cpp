@@ -72,8 +72,9 @@ struct Run {
 };
 
 // Samples n tokens (temperature 1, seeded) after a short prompt on the device.
+template <class T>
 Run generate(const Config& cfg, GPT<float>& m, int n, uint64_t seed) {
-  cuda::GeneratorCuda<float> gen(cfg, m.table(), m.params());
+  cuda::GeneratorCuda<T> gen(cfg, m.table(), m.params());
   const int V = cfg.model.vocab_size;
   Run r;
   const float* lg = nullptr;
@@ -100,24 +101,27 @@ Config with_offload(Config cfg, int slots, const char* migration) {
 }
 
 // Offloading changes where the expert weights are read from, never the result.
-// Modes: k slots in each migration mode, all slots with async.
-void check_offload_identical(const char* label, const std::vector<std::string>& sets, int k) {
+using Modes = std::vector<std::pair<int, const char*>>;  // (slots, migration); slots 0: all
+
+// Offloading in each mode against all experts resident, in storage type T.
+template <class T>
+void check_offload_identical(const char* label, const std::vector<std::string>& sets, int k, const Modes& modes) {
   Config cfg = config_of(sets);
   GPT<float> m(cfg, 1);
   randomise(m, 5);
   const int n = 14, E = cfg.moe.num_experts;
-  const Run base = generate(cfg, m, n, 99);
+  const Run base = generate<T>(cfg, m, n, 99);
   CHECK(base.stats.transfers == 0 && base.layers == 0);
-  const std::vector<std::pair<int, const char*>> modes = {{k, "blocking"}, {k, "async"}, {k, "speculative"}, {E, "async"}};
-  for (const auto& [slots, mig] : modes) {
-      const Run r = generate(with_offload(cfg, slots, mig), m, n, 99);
+  for (auto [slots, mig] : modes) {
+      if (slots == 0) slots = E;
+      const Run r = generate<T>(with_offload(cfg, slots, mig), m, n, 99);
       bool same = r.logits.size() == base.logits.size();
       for (size_t i = 0; same && i < r.logits.size(); i++)
         same = std::memcmp(r.logits[i].data(), base.logits[i].data(), r.logits[i].size() * sizeof(float)) == 0;
       const OffloadStats& s = r.stats;
-      std::printf("  %-22s slots %d %-11s: %3lld requests, hit %5.1f%%, %3lld transfers (%lld speculative), "
+      std::printf("  %-22s %s slots %d %-11s: %3lld requests, hit %5.1f%%, %3lld transfers (%lld speculative), "
                   "device memory %.0f%% of resident\n",
-                  label, slots, mig, (long long)s.requests, 100 * s.hit_rate(), (long long)s.transfers,
+                  label, kt::type_name<T>(), slots, mig, (long long)s.requests, 100 * s.hit_rate(), (long long)s.transfers,
                   (long long)s.spec_transfers, 100.0 * r.mem.offloaded() / r.mem.resident());
       CHECK(same);
       CHECK(r.tokens == base.tokens);
@@ -162,8 +166,12 @@ int main() {
     CHECK(compare_with_cpu<kt::bf16>(a.label, a.sets, &mismatches) <= 0.06);
   }
   std::printf("expert offloading on the device vs all experts resident\n");
-  check_offload_identical("scmoe pos-2", {"model.arch=scmoe"}, 1);
-  check_offload_identical("moe top-2", {"model.arch=moe", "moe.top_k=2"}, 2);
+  check_offload_identical<float>("scmoe pos-2", {"model.arch=scmoe"}, 1,
+                                 {{1, "blocking"}, {1, "async"}, {1, "speculative"}, {0, "async"}});
+  check_offload_identical<float>("moe top-2", {"model.arch=moe", "moe.top_k=2"}, 2,
+                                 {{2, "blocking"}, {2, "async"}, {2, "speculative"}, {0, "async"}});
+  // bf16 storage: 2-byte expert slots, the same bits as resident.
+  check_offload_identical<kt::bf16>("scmoe pos-2", {"model.arch=scmoe"}, 1, {{1, "async"}, {0, "blocking"}});
   // Errors name the key and the range.
   {
     Config cfg = with_offload(config_of({"model.arch=moe", "moe.top_k=2"}), 1, "async");
