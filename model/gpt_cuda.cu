@@ -254,6 +254,9 @@ void GptCuda<T>::layout(bool allocate) {
   for (auto& r : resid_) r = take<T>(NC, allocate);
   const size_t NE = size_t(N_) * E_, Nk = size_t(N_) * k_;
   const size_t rows = Nk * W_;  // the most rows this rank's experts can receive (all of every rank's)
+  // ... and admit: at most `capacity` per local expert (so with a capacity factor the expert buffers do
+  // not grow with the number of ranks; the receive buffers must).
+  const size_t admitted = std::min(rows, size_t(El_) * size_t(std::max<int64_t>(capacity_, 0)));
   for (Layer& L : layers_) {
     L.ln1 = take<T>(NC, allocate), L.qkv = take<T>(3 * NC, allocate), L.atty = take<T>(NC, allocate);
     L.a = take<T>(NC, allocate), L.ln2 = take<T>(NC, allocate);
@@ -276,8 +279,8 @@ void GptCuda<T>::layout(bool allocate) {
     L.topk_idx = take<int32_t>(Nk, allocate), L.topk_gate = take<float>(Nk, allocate);
     L.pos = take<int32_t>(Nk, allocate);
     L.route_counts = take<int64_t>(E_, allocate), L.stats = take<int64_t>(size_t(E_) + 2, allocate);
-    L.xe = take<T>(rows * C_, allocate), L.ye = take<T>(rows * C_, allocate);
-    L.eh = take<T>(rows * Fe_, allocate), L.eg = take<T>(rows * Fe_, allocate);
+    L.xe = take<T>(admitted * C_, allocate), L.ye = take<T>(admitted * C_, allocate);
+    L.eh = take<T>(admitted * Fe_, allocate), L.eg = take<T>(admitted * Fe_, allocate);
     if (W_ > 1) L.expert_row = take<int32_t>(rows, allocate), L.ys = take<T>(Nk * C_, allocate);
   }
   att_scratch_ = take<T>(as.scratch, allocate);
@@ -291,7 +294,7 @@ void GptCuda<T>::layout(bool allocate) {
     dz_ = take<T>(size_t(N_) * 2, allocate);
     dlogits_ = take<T>(NE, allocate), dgate_ = take<float>(Nk, allocate), pmean_ = take<float>(E_, allocate);
     plan_offsets_ = take<int64_t>(size_t(E_) + 1, allocate);
-    dye_ = take<T>(rows * C_, allocate), dxe_ = take<T>(rows * C_, allocate);
+    dye_ = take<T>(admitted * C_, allocate), dxe_ = take<T>(admitted * C_, allocate);
     if (W_ > 1) {
       xs_ = take<T>(Nk * C_, allocate), xr_ = take<T>(rows * C_, allocate), yr_ = take<T>(rows * C_, allocate);
       send_bucket_ = take<int64_t>(size_t(E_) * k_, allocate), recv_bucket_ = take<int64_t>(size_t(E_) * k_, allocate);
@@ -316,8 +319,8 @@ void GptCuda<T>::layout(bool allocate) {
   norm_scratch_ = take<double>(grad_norm_scratch() + 2, allocate);  // + the two groups' sums
   dresid_ = take<T>(NC, allocate), dnorm_ = take<T>(NC, allocate), datty_ = take<T>(NC, allocate);
   dqkv_ = take<T>(3 * NC, allocate);
-  // the MLP's (or shared expert's) hidden gradients, and the experts' (up to W * N * k rows of Fe)
-  const size_t hidden = std::max({size_t(N_) * F_, size_t(N_) * Fe_, rows * Fe_});
+  // the MLP's (or shared expert's) hidden gradients, and the experts' (their admitted rows of Fe)
+  const size_t hidden = std::max({size_t(N_) * F_, size_t(N_) * Fe_, admitted * Fe_});
   dh_ = take<T>(hidden, allocate), dg_ = take<T>(hidden, allocate);
   workspace_bytes_ = std::max({norm_backward_workspace_bytes(N_, C_), encoder_backward_workspace_bytes(B_, Tn_, V_),
                                bias_backward_workspace_bytes(N_, std::max({3 * C_, F_, Fe_}))});
