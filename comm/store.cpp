@@ -368,6 +368,9 @@ class Client {
  public:
   Client(const std::string& addr, int port, Ms timeout) : where_(addr + ":" + std::to_string(port)) {
     fd_ = connect_with_retry(addr, port, timeout);
+    // One round trip: once it returns, rank 0 has accepted this connection and counts it among the
+    // clients it waits for before stopping (a connection still in its accept backlog would be reset).
+    check({});
   }
   ~Client() { ::close(fd_); }
   const std::string& where() const { return where_; }
