@@ -90,7 +90,7 @@ struct GptCuda<T>::Layer {
   float *mn_mean = nullptr, *mn_rstd = nullptr;
   T *logits = nullptr, *xe = nullptr, *eh = nullptr, *eg = nullptr, *ye = nullptr;
   T* noise_pre = nullptr;        // x . W_noise (gate noise)
-  const float* eps = nullptr;    // this layer's slice of noise_eps_
+  float* eps = nullptr;          // this layer's slice of noise_eps_
   bool noise_applied = false;    // the last forward added noise (its backward must follow it)
   float *probs = nullptr, *topk_gate = nullptr;
   int32_t *topk_idx = nullptr, *pos = nullptr;
@@ -206,6 +206,7 @@ GptCuda<T>::GptCuda(const Config& cfg, const ParamTable& table, int B, cudaStrea
     moe_stats_.push_back(st);
   }
   host_stats_.assign(size_t(E_) + 2, 0);
+  if (noise_) host_eps_.resize(moe_stats_.size() * size_t(N_) * E_);  // sized once: copies read from it
   // One routed branch's input gradient (dmoe_x_) is live from its backward to its tap's: the taps of
   // two branches never interleave (a tap is the branch's own block or the one before it, and MoE
   // blocks are moe.every >= 2 apart unless each taps itself).
@@ -385,7 +386,6 @@ float GptCuda<T>::forward(const int32_t* inputs, const int32_t* targets, float g
     to_device(stream_, targets_, targets, N * sizeof(int32_t), "target tokens");
   }
   const bool noisy = noise_ && rng;
-  if (noisy) draw_gate_noise(*rng);
   encoder_forward(resid_[0], inputs_, w + wte_, w + wpe_, B_, Tn_, C,
                   stream_);
   for (int l = 0; l < mc_.n_layer; l++) {
@@ -414,6 +414,7 @@ float GptCuda<T>::forward(const int32_t* inputs, const int32_t* targets, float g
       else layernorm_forward(L.moe_norm_out, L.mn_mean, L.mn_rstd, resid_[L.src], w + L.mn_w, w + L.mn_b, N, C,
                              stream_);
     }
+    if (noisy) draw_gate_noise(*rng, L);
     moe_forward(L, moe_stats_[L.stat], noisy);
     // The shared expert and the combine gate's logits (Block<T>::forward_ffn).
     const int64_t NC = int64_t(N) * C;
@@ -623,23 +624,21 @@ void GptCuda<T>::moe_backward(Layer& L, const T* dy) {
   }
 }
 
-// The gate noise of every MoE layer for this forward, drawn as MoE<T>::add_gate_noise draws it (one
-// step draw per layer in layer order, then a stream per token: the same eps as the CPU backend's), and
-// uploaded in one copy.
+// MoE layer L's gate noise for this forward, drawn as MoE<T>::add_gate_noise draws it (one step draw
+// per layer in layer order, then a stream per token: the same eps as the CPU backend's). Drawn while the
+// device still runs the blocks before L and copied behind them; each layer has its own host slice, and
+// the previous forward's copy of it finished at that forward's synchronisations.
 template <class T>
-void GptCuda<T>::draw_gate_noise(Rng& rng) {
+void GptCuda<T>::draw_gate_noise(Rng& rng, Layer& L) {
   const size_t NE = size_t(N_) * E_;
-  host_eps_.resize(moe_stats_.size() * NE);
-  for (const MoeLayerStats& st : moe_stats_) {
-    const size_t first = size_t(&st - moe_stats_.data()) * NE;
-    const uint64_t base = rng.next_u64() ^ (0x9E3779B97F4A7C15ull * uint64_t(st.layer + 1));
-    const int64_t first_token = int64_t(rank_) * N_;  // the noise follows the token, whichever rank has it
-    for (int n = 0; n < N_; n++) {
-      Rng tr(base + 0xD1B54A32D192ED03ull * uint64_t(first_token + n));
-      for (int e = 0; e < E_; e++) host_eps_[first + size_t(n) * E_ + e] = float(tr.normal());
-    }
+  float* eps = host_eps_.data() + size_t(L.stat) * NE;
+  const uint64_t base = rng.next_u64() ^ (0x9E3779B97F4A7C15ull * uint64_t(moe_stats_[L.stat].layer + 1));
+  const int64_t first_token = int64_t(rank_) * N_;  // the noise follows the token, whichever rank has it
+  for (int n = 0; n < N_; n++) {
+    Rng tr(base + 0xD1B54A32D192ED03ull * uint64_t(first_token + n));
+    for (int e = 0; e < E_; e++) eps[size_t(n) * E_ + e] = float(tr.normal());
   }
-  to_device(stream_, noise_eps_, host_eps_.data(), host_eps_.size() * sizeof(float), "gate noise");
+  copy_to_device_async(L.eps, eps, NE * sizeof(float), stream_, "gate noise");
 }
 
 // ---- Expert parallelism (W > 1), the CPU's Dispatcher and MoE<T> step for step (model/dispatcher.h).

@@ -92,7 +92,7 @@ class GptCuda {
   struct Layer;  // one block's parameter views and saved activations
   void layout(bool allocate);
   void moe_forward(Layer& L, MoeLayerStats& st, bool noisy);
-  void draw_gate_noise(Rng& rng);
+  void draw_gate_noise(Rng& rng, Layer& L);
   void moe_backward(Layer& L, const T* dy);
   // Expert parallelism (W > 1): the routed branch through the ranks, and its helpers.
   void moe_forward_ep(Layer& L, MoeLayerStats& st);
@@ -135,8 +135,8 @@ class GptCuda {
   int64_t* plan_offsets_ = nullptr;
   std::vector<MoeLayerStats> moe_stats_;
   std::vector<int64_t> host_stats_;  // one layer's counts, drops and losses as copied from the device
-  std::vector<float> host_eps_;      // gate noise of every MoE layer, drawn on the host
-  float* noise_eps_ = nullptr;       // ... and on the device: [MoE layers, N, E]
+  std::vector<float> host_eps_;      // gate noise of every MoE layer, drawn on the host: [MoE layers, N, E]
+  float* noise_eps_ = nullptr;       // ... and on the device
   double* norm_scratch_ = nullptr;
   // Expert parallelism: send-order rows (and their gradients), receive-order rows, count and router
   // statistics staging for the collectives (device memory: NCCL reads and writes only that).
