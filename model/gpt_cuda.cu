@@ -25,6 +25,7 @@
 #include "comm/communicator.h"
 #include "core/rng.h"
 #include "kernels/cpu/permute.h"
+#include "model/block_layout.h"
 
 SCMOE_CUDA_BEGIN
 
@@ -123,23 +124,13 @@ GptCuda<T>::GptCuda(const Config& cfg, const ParamTable& table, int B, cudaStrea
     : mc_(cfg.model), oc_(cfg.optim), table_(table), B_(B), Tn_(cfg.model.seq_len), C_(cfg.model.d_model),
       V_(cfg.model.vocab_size), F_(cfg.model.d_ff), N_(B * cfg.model.seq_len), stream_(stream) {
   if (comm && comm->world_size() > 1) comm_ = comm, W_ = comm->world_size(), rank_ = comm->rank();
-  const std::string& arch = mc_.arch;
-  SCMOE_CHECK(arch == "dense" || arch == "moe" || arch == "shared_expert" || arch == "scmoe",
-              "model.arch: expected dense|moe|shared_expert|scmoe, got '" << arch << "'");
   const MoeConfig& mo = cfg.moe;
   const bool rms = mc_.norm == "rmsnorm";
-  const int pos = cfg.scmoe.position;
-  if (arch != "dense") {  // as GPT<T>'s constructor (model/gpt.cpp), which built `table`
-    E_ = mo.num_experts;
-    k_ = mo.top_k > 0 ? mo.top_k : arch == "moe" ? 2 : 1;
-    Fe_ = mo.d_expert > 0 ? mo.d_expert : F_;
+  const ModelLayout ml = model_layout(cfg);  // as GPT<T>'s constructor built `table`
+  E_ = ml.E, k_ = ml.k, Fe_ = ml.Fe;
+  if (E_ > 0) {
     renormalize_ = mo.renormalize, aux_coef_ = mo.aux_loss_coef, z_coef_ = mo.z_loss_coef;
     noise_ = mo.gate_noise;
-    SCMOE_CHECK(k_ <= E_, "moe.top_k (" << k_ << ") must be <= moe.num_experts (" << E_ << ")");
-    SCMOE_CHECK(mo.every >= 1 && mo.every <= mc_.n_layer,
-                "moe.every (" << mo.every << ") must be in [1, model.n_layer=" << mc_.n_layer << "]");
-    SCMOE_CHECK(arch != "scmoe" || pos == 1 || mo.every >= 2,
-                "scmoe.position " << pos << " taps the preceding block, so moe.every must be >= 2");
     SCMOE_CHECK(E_ % W_ == 0, "moe.num_experts (" << E_ << ") must be divisible by the world size (" << W_
                                                    << ") for expert parallelism");
     El_ = E_ / W_, first_expert_ = rank_ * El_;
@@ -148,10 +139,6 @@ GptCuda<T>::GptCuda(const Config& cfg, const ParamTable& table, int B, cudaStrea
     const int64_t Ng = int64_t(N_) * W_;
     capacity_ = cf <= 0 ? Ng * k_ : std::min<int64_t>(int64_t(k_) * int64_t(std::ceil(cf * double(Ng) / E_)), Ng);
   }
-  const CombineKind comb = arch != "scmoe"            ? CombineKind::add
-                           : cfg.scmoe.combine == "cg1" ? CombineKind::cg1
-                           : cfg.scmoe.combine == "cg2" ? CombineKind::cg2
-                                                        : CombineKind::add;
   layers_.resize(mc_.n_layer);
   wte_ = offset_of(table, "wte"), wpe_ = offset_of(table, "wpe"), lnf_w_ = offset_of(table, "ln_f.weight");
   if (mc_.norm != "rmsnorm") lnf_b_ = offset_of(table, "ln_f.bias");
@@ -163,20 +150,16 @@ GptCuda<T>::GptCuda(const Config& cfg, const ParamTable& table, int B, cudaStrea
     if (!rms) L.ln1_b = offset_of(table, p + ".ln1.bias"), L.ln2_b = offset_of(table, p + ".ln2.bias");
     L.qkv_w = offset_of(table, p + ".attn.qkv.weight"), L.qkv_b = offset_of(table, p + ".attn.qkv.bias");
     L.proj_w = offset_of(table, p + ".attn.proj.weight"), L.proj_b = offset_of(table, p + ".attn.proj.bias");
-    L.moe = arch != "dense" && (l + 1) % mo.every == 0;
-    L.F = L.moe ? Fe_ : F_;
-    L.has_mlp = !L.moe || arch != "moe";
+    const BlockLayout& bl = ml.blocks[l];
+    L.moe = bl.moe, L.F = bl.F, L.has_mlp = bl.has_mlp;
     const std::string mlp = p + (L.moe ? ".shared_expert" : ".mlp");
     if (L.has_mlp) {
       L.fc_w = offset_of(table, mlp + ".fc.weight"), L.fc_b = offset_of(table, mlp + ".fc.bias");
       L.fcp_w = offset_of(table, mlp + ".proj.weight"), L.fcp_b = offset_of(table, mlp + ".proj.bias");
     }
     if (!L.moe) continue;
-    const bool sc = arch == "scmoe";
-    L.combine = sc ? comb : CombineKind::add;
+    L.combine = bl.combine, L.own_norm = bl.own_norm, L.src = bl.src;
     if (L.combine != CombineKind::add) L.comb_w = offset_of(table, p + ".combine.weight");
-    L.own_norm = sc && pos != 2;
-    L.src = sc && pos != 1 ? l - 1 : l;
     if (L.own_norm) {
       L.mn_w = offset_of(table, p + ".moe.norm.weight");
       if (!rms) L.mn_b = offset_of(table, p + ".moe.norm.bias");

@@ -17,11 +17,11 @@
 #include "kernels/cuda/permute.h"
 #include "kernels/cuda/router.h"
 #include "model/expert_cache_impl.h"
+#include "model/block_layout.h"
 #include "model/expert_link_cuda.h"
 
 SCMOE_CUDA_BEGIN
 
-using Combine = CombineKind;
 
 namespace {
 
@@ -62,7 +62,7 @@ struct GeneratorCuda<T>::Layer {
   size_t fc_w = 0, fc_b = 0, fcp_w = 0, fcp_b = 0, comb_w = 0, mn_w = 0, mn_b = 0, gate_w = 0;
   bool has_mlp = true, moe = false, own_norm = false;
   int F = 0, src = -1;
-  Combine combine = Combine::add;
+  CombineKind combine = CombineKind::add;
   std::vector<int> norm_taps, u_taps;  // MoE blocks whose routed branch reads this block's input / u
   // Where expert e starts: in params_ when resident, in host_experts_ when offloaded.
   std::vector<size_t> expert;
@@ -82,20 +82,11 @@ GeneratorCuda<T>::GeneratorCuda(const Config& cfg, const ParamTable& table, cons
       H_(cfg.model.n_head), F_(cfg.model.d_ff), rms_(cfg.model.norm == "rmsnorm"),
       migration_(parse_migration(cfg.inference.migration)),
       window_(cfg.model.seq_len) {
-  const std::string& arch = cfg.model.arch;
-  SCMOE_CHECK(arch == "dense" || arch == "moe" || arch == "shared_expert" || arch == "scmoe",
-              "model.arch: expected dense|moe|shared_expert|scmoe, got '" << arch << "'");
-  const MoeConfig& mo = cfg.moe;
-  const int pos = cfg.scmoe.position;
-  if (arch != "dense") {  // as GPT<T>'s constructor (model/gpt.cpp), which built `table`
-    E_ = mo.num_experts;
-    k_ = mo.top_k > 0 ? mo.top_k : arch == "moe" ? 2 : 1;
-    Fe_ = mo.d_expert > 0 ? mo.d_expert : F_;
-    renormalize_ = mo.renormalize;
-    SCMOE_CHECK(k_ <= E_, "moe.top_k (" << k_ << ") must be <= moe.num_experts (" << E_ << ")");
-    SCMOE_CHECK(E_ <= 256, "the CUDA router takes at most 256 experts, moe.num_experts is " << E_);
-  }
-  const bool offload = cfg.inference.offload_experts && arch != "dense";
+  const ModelLayout ml = model_layout(cfg);  // as GPT<T>'s constructor built `table`
+  E_ = ml.E, k_ = ml.k, Fe_ = ml.Fe;
+  renormalize_ = cfg.moe.renormalize;
+  SCMOE_CHECK(E_ <= 256, "the CUDA router takes at most 256 experts, moe.num_experts is " << E_);
+  const bool offload = cfg.inference.offload_experts && E_ > 0;
   if (offload)
     SCMOE_CHECK(cfg.inference.expert_cache_slots >= k_ && cfg.inference.expert_cache_slots <= E_,
                 "inference.expert_cache_slots (" << cfg.inference.expert_cache_slots << ") must be between moe.top_k ("
@@ -128,10 +119,6 @@ GeneratorCuda<T>::GeneratorCuda(const Config& cfg, const ParamTable& table, cons
 
   wte_ = off("wte"), wpe_ = off("wpe"), lnf_w_ = off("ln_f.weight");
   if (!rms_) lnf_b_ = off("ln_f.bias");
-  const Combine comb = arch != "scmoe"                ? Combine::add
-                       : cfg.scmoe.combine == "cg1" ? Combine::cg1
-                       : cfg.scmoe.combine == "cg2" ? Combine::cg2
-                                                    : Combine::add;
   layers_.resize(L_);
   bool first_expert = true;
   for (int l = 0; l < L_; l++) {
@@ -141,21 +128,16 @@ GeneratorCuda<T>::GeneratorCuda(const Config& cfg, const ParamTable& table, cons
     if (!rms_) Ly.ln1_b = off(p + ".ln1.bias"), Ly.ln2_b = off(p + ".ln2.bias");
     Ly.qkv_w = off(p + ".attn.qkv.weight"), Ly.qkv_b = off(p + ".attn.qkv.bias");
     Ly.proj_w = off(p + ".attn.proj.weight"), Ly.proj_b = off(p + ".attn.proj.bias");
-    Ly.moe = arch != "dense" && (l + 1) % mo.every == 0;
-    Ly.F = Ly.moe ? Fe_ : F_;
-    Ly.has_mlp = !Ly.moe || arch != "moe";
+    const BlockLayout& bl = ml.blocks[l];
+    Ly.moe = bl.moe, Ly.F = bl.F, Ly.has_mlp = bl.has_mlp;
     const std::string mlp = p + (Ly.moe ? ".shared_expert" : ".mlp");
     if (Ly.has_mlp) {
       Ly.fc_w = off(mlp + ".fc.weight"), Ly.fc_b = off(mlp + ".fc.bias");
       Ly.fcp_w = off(mlp + ".proj.weight"), Ly.fcp_b = off(mlp + ".proj.bias");
     }
     if (!Ly.moe) continue;
-    const bool sc = arch == "scmoe";
-    Ly.combine = sc ? comb : Combine::add;
-    if (Ly.combine != Combine::add) Ly.comb_w = off(p + ".combine.weight");
-    Ly.own_norm = sc && pos != 2;
-    Ly.src = sc && pos != 1 ? l - 1 : l;
-    SCMOE_CHECK(Ly.src >= 0, "scmoe.position " << pos << " taps the preceding block, so moe.every must be >= 2");
+    Ly.combine = bl.combine, Ly.own_norm = bl.own_norm, Ly.src = bl.src;
+    if (Ly.combine != CombineKind::add) Ly.comb_w = off(p + ".combine.weight");
     if (Ly.own_norm) {
       Ly.mn_w = off(p + ".moe.norm.weight");
       if (!rms_) Ly.mn_b = off(p + ".moe.norm.bias");
@@ -216,7 +198,7 @@ GeneratorCuda<T>::GeneratorCuda(const Config& cfg, const ParamTable& table, cons
       Ly.u = a.take<T>(C);
       if (Ly.has_mlp) Ly.mlp_out = a.take<T>(C);
       if (!Ly.moe) continue;
-      if (Ly.combine != Combine::add) Ly.gate_z = a.take<T>(2), Ly.gate_coef = a.take<float>(2);
+      if (Ly.combine != CombineKind::add) Ly.gate_z = a.take<T>(2), Ly.gate_coef = a.take<float>(2);
       if (Ly.own_norm) Ly.moe_norm_out = a.take<T>(C);
       Ly.moe_out = a.take<T>(C);
       Ly.idx = a.take<int32_t>(k_), Ly.gate = a.take<float>(k_);
@@ -331,9 +313,9 @@ void GeneratorCuda<T>::forward_position(int32_t token) {
       gelu_forward(hidden_g_, hidden_h_, Ly.F, stream_);
       matmul_forward(Ly.mlp_out, hidden_g_, params_ + Ly.fcp_w, params_ + Ly.fcp_b, 1, Ly.F, C, stream_);
     }
-    if (Ly.combine != Combine::add)
+    if (Ly.combine != CombineKind::add)
       matmul_forward(Ly.gate_z, Ly.u, params_ + Ly.comb_w, (const T*)nullptr, 1, C,
-                     Ly.combine == Combine::cg1 ? 1 : 2, stream_);
+                     Ly.combine == CombineKind::cg1 ? 1 : 2, stream_);
     if (Ly.moe) run_experts(l);
     block_out(l, resid_ + size_t(l + 1) * C);
   }
@@ -399,11 +381,11 @@ template <class T>
 void GeneratorCuda<T>::block_out(int l, T* out) {
   const Layer& Ly = layers_[l];
   const int C = C_;
-  if (Ly.combine == Combine::cg1) {
+  if (Ly.combine == CombineKind::cg1) {
     cg1_forward(tmp_, Ly.gate_coef, Ly.gate_z, Ly.mlp_out, 1, C, stream_);
     add(out, Ly.a, tmp_, C, stream_);
     add_inplace(out, Ly.moe_out, C, stream_);
-  } else if (Ly.combine == Combine::cg2) {
+  } else if (Ly.combine == CombineKind::cg2) {
     cg2_forward(tmp_, Ly.gate_coef, Ly.gate_z, Ly.mlp_out, Ly.moe_out, 1, C, stream_);
     add(out, Ly.a, tmp_, C, stream_);
   } else if (Ly.has_mlp) {

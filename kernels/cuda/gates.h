@@ -9,10 +9,6 @@
 
 SCMOE_CUDA_BEGIN
 
-// How a block combines its shared expert (or MLP) with the routed experts (model/block.h): a plain
-// sum, or one of the gates below.
-enum class CombineKind { add, cg1, cg2 };
-
 // out[n] = sigmoid(z[n]) * se[n] (rows of C); coef[n] = sigmoid(z[n]) saved.
 template <class T>
 void cg1_forward(T* out, float* coef, const T* z, const T* se, int N, int C, cudaStream_t stream);
