@@ -6,7 +6,10 @@
 #include <vector>
 
 #include "core/rng.h"
+#include "model/expert_cache.h"
 #include "model/gpt.h"
+#include "model/infer_types.h"
+#include "model/sampler.h"
 #include "train/config.h"
 
 namespace scmoe::infer_testing {
@@ -29,6 +32,37 @@ void randomise(GPT<T>& m, uint64_t seed) {
   for (const auto& s : m.table().specs())
     if (!s.decay)
       for (size_t i = 0; i < s.numel; i++) m.params()[s.offset + i] += T(0.2 * r.normal());
+}
+
+// What a generator did: sampled tokens, the logits they were drawn from, its offloading counters.
+struct Run {
+  std::vector<int32_t> tokens;
+  std::vector<std::vector<float>> logits;
+  OffloadStats stats;
+  std::vector<std::pair<int, OffloadStats>> layers;
+  DeviceMemory mem;
+  int64_t positions = 0;
+};
+
+// Samples n tokens (temperature 1, seeded) after a short prompt with `gen` (the CPU or the CUDA
+// generator: step() returns float logits).
+template <class Gen>
+Run sample_run(Gen& gen, int V, int n, uint64_t seed) {
+  Run r;
+  const float* lg = nullptr;
+  for (int32_t t : {1, 4, 9}) lg = gen.step(t);
+  Rng rng(seed);
+  SamplingOptions so;
+  for (int i = 0; i < n; i++) {
+    r.logits.emplace_back(lg, lg + V);
+    r.tokens.push_back(sample_token(lg, V, so, rng));
+    lg = gen.step(r.tokens.back());
+  }
+  r.stats = gen.offload_stats();
+  r.layers = gen.layer_stats();
+  r.mem = gen.device_memory();
+  r.positions = gen.positions();
+  return r;
 }
 
 }  // namespace scmoe::infer_testing

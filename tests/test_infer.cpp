@@ -19,6 +19,7 @@
 using namespace scmoe;
 using infer_testing::config_of;
 using infer_testing::randomise;
+using infer_testing::Run;
 
 namespace {
 
@@ -69,35 +70,12 @@ void check_kv_equals_recompute(const char* label, std::vector<std::string> sets,
   CHECK(gen.slides() >= 2);
 }
 
-struct Run {
-  std::vector<int32_t> tokens;
-  std::vector<std::vector<float>> logits;
-  OffloadStats stats;
-  std::vector<std::pair<int, OffloadStats>> layers;
-  DeviceMemory mem;
-  int64_t positions = 0;
-};
-
 // Samples n tokens (temperature 1, seeded) after a short prompt.
 // per_expert: each MoE layer's transfers per expert.
 Run generate(GPT<float>& m, const InferenceConfig& ic, int n, uint64_t seed,
              std::vector<std::vector<int64_t>>* per_expert = nullptr) {
   Generator<float> gen(m, ic);
-  const int V = m.model_config().vocab_size;
-  Run r;
-  const float* lg = nullptr;
-  for (int32_t t : {1, 4, 9}) lg = gen.step(t);
-  Rng rng(seed);
-  SamplingOptions so;
-  for (int i = 0; i < n; i++) {
-    r.logits.emplace_back(lg, lg + V);
-    r.tokens.push_back(sample_token(lg, V, so, rng));
-    lg = gen.step(r.tokens.back());
-  }
-  r.stats = gen.offload_stats();
-  r.layers = gen.layer_stats();
-  r.mem = gen.device_memory();
-  r.positions = gen.positions();
+  Run r = infer_testing::sample_run(gen, m.model_config().vocab_size, n, seed);
   if (per_expert)
     for (const auto& [l, s] : r.layers) per_expert->push_back(gen.cache(l)->transfers_per_expert());
   return r;

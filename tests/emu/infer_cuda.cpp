@@ -24,6 +24,7 @@
 using namespace scmoe;
 using infer_testing::config_of;
 using infer_testing::randomise;
+using infer_testing::Run;
 
 namespace {
 
@@ -62,35 +63,11 @@ double compare_with_cpu(const char* label, const std::vector<std::string>& sets,
   return worst;
 }
 
-struct Run {
-  std::vector<int32_t> tokens;
-  std::vector<std::vector<float>> logits;
-  OffloadStats stats;
-  size_t layers = 0;
-  DeviceMemory mem;
-  int64_t positions = 0;
-};
-
 // Samples n tokens (temperature 1, seeded) after a short prompt on the device.
 template <class T>
 Run generate(const Config& cfg, GPT<float>& m, int n, uint64_t seed) {
   cuda::GeneratorCuda<T> gen(cfg, m.table(), m.params());
-  const int V = cfg.model.vocab_size;
-  Run r;
-  const float* lg = nullptr;
-  for (int32_t t : {1, 4, 9}) lg = gen.step(t);
-  Rng rng(seed);
-  SamplingOptions so;
-  for (int i = 0; i < n; i++) {
-    r.logits.emplace_back(lg, lg + V);
-    r.tokens.push_back(sample_token(lg, V, so, rng));
-    lg = gen.step(r.tokens.back());
-  }
-  r.stats = gen.offload_stats();
-  r.layers = gen.layer_stats().size();
-  r.mem = gen.device_memory();
-  r.positions = gen.positions();
-  return r;
+  return infer_testing::sample_run(gen, cfg.model.vocab_size, n, seed);
 }
 
 Config with_offload(Config cfg, int slots, const char* migration) {
@@ -111,7 +88,7 @@ void check_offload_identical(const char* label, const std::vector<std::string>& 
   randomise(m, 5);
   const int n = 14, E = cfg.moe.num_experts;
   const Run base = generate<T>(cfg, m, n, 99);
-  CHECK(base.stats.transfers == 0 && base.layers == 0);
+  CHECK(base.stats.transfers == 0 && base.layers.empty());
   for (auto [slots, mig] : modes) {
       if (slots == 0) slots = E;
       const Run r = generate<T>(with_offload(cfg, slots, mig), m, n, 99);
@@ -126,12 +103,13 @@ void check_offload_identical(const char* label, const std::vector<std::string>& 
       CHECK(same);
       CHECK(r.tokens == base.tokens);
       CHECK(s.transfers - s.spec_transfers == s.requests - s.hits);
-      CHECK(s.requests == int64_t(r.layers) * r.positions * k);
+      const int64_t layers = int64_t(r.layers.size());
+      CHECK(s.requests == layers * r.positions * k);
       CHECK(s.transfers > 0 && s.bytes % s.transfers == 0);
       if (std::string(mig) != "speculative") CHECK(s.spec_transfers == 0);
-      if (slots == E) CHECK(s.transfers - s.spec_transfers <= int64_t(r.layers) * E);  // nothing evicted
+      if (slots == E) CHECK(s.transfers - s.spec_transfers <= layers * E);  // nothing evicted
       CHECK(slots == E ? r.mem.offloaded() <= r.mem.resident() : r.mem.offloaded() < r.mem.resident());
-      CHECK(r.mem.expert_cache == r.layers * size_t(slots) * size_t(s.bytes / s.transfers));
+      CHECK(r.mem.expert_cache == size_t(layers) * size_t(slots) * size_t(s.bytes / s.transfers));
   }
 }
 
