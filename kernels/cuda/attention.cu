@@ -48,7 +48,7 @@ template <class T, bool kToHeads>
 void permute_heads(T* dst, const T* src, int mats, int B, int Tn, int C, int H, int row_stride,
                    cudaStream_t stream) {
   const int64_t n = (int64_t)mats * B * Tn * C;
-  const unsigned blocks = (unsigned)std::min<int64_t>(ceil_div(n, 256), 65535 * 8);
+  const unsigned blocks = grid_stride_blocks(n, 256);
   launch(permute_heads_kernel<T, kToHeads>, blocks, 256, 0, stream, dst, src, mats, B, Tn, C, H, row_stride);
 }
 template <class T>

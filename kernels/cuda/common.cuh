@@ -52,6 +52,11 @@ void launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, cudaStream
 
 inline unsigned ceil_div(int64_t a, int64_t b) { return unsigned((a + b - 1) / b); }
 
+// Blocks for a grid-stride loop over n items: enough to fill a large GPU; the loop covers the rest.
+inline unsigned grid_stride_blocks(int64_t n, int block) {
+  return unsigned(std::min<int64_t>(ceil_div(n, block), 65535 * 8));
+}
+
 // Kernels whose dynamic shared memory exceeds the default 48 KiB must opt in (natively; the emulation
 // only checks the 227 KiB hardware limit). The driver is asked once per kernel and larger size, not on
 // every launch.

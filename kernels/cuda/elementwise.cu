@@ -71,10 +71,10 @@ void map(T* out, const T* a, const T* b, int64_t n, Op op, cudaStream_t stream) 
   if (n <= 0) return;
   if (all_aligned({out, a, b})) {
     constexpr int V = vec_width<T>();
-    const unsigned grid = std::min<int64_t>(ceil_div(std::max<int64_t>(n / V, 1), kMapThreads), 65535 * 8);
+    const unsigned grid = grid_stride_blocks(std::max<int64_t>(n / V, 1), kMapThreads);
     launch(map_kernel<V, T, Op>, grid, kMapThreads, 0, stream, out, a, b, n, op);
   } else {
-    const unsigned grid = std::min<int64_t>(ceil_div(n, kMapThreads), 65535 * 8);
+    const unsigned grid = grid_stride_blocks(n, kMapThreads);
     launch(map_kernel<1, T, Op>, grid, kMapThreads, 0, stream, out, a, b, n, op);
   }
 }

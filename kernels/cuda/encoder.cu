@@ -118,10 +118,10 @@ void encoder_forward(T* out, const int32_t* idx, const T* wte, const T* wpe, int
   constexpr int W = vec_width<T>();
   if (C % W == 0 && aligned16(out) && aligned16(wte) && aligned16(wpe)) {
     const int64_t packs = n / W;
-    launch(encoder_forward_kernel<W, T>, std::min<int64_t>(ceil_div(packs, kThreads), 65535 * 8), kThreads, 0,
+    launch(encoder_forward_kernel<W, T>, grid_stride_blocks(packs, kThreads), kThreads, 0,
            stream, out, idx, wte, wpe, Tn, C, packs);
   } else {
-    launch(encoder_forward_kernel<1, T>, std::min<int64_t>(ceil_div(n, kThreads), 65535 * 8), kThreads, 0,
+    launch(encoder_forward_kernel<1, T>, grid_stride_blocks(n, kThreads), kThreads, 0,
            stream, out, idx, wte, wpe, Tn, C, n);
   }
 }

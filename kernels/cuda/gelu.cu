@@ -27,20 +27,17 @@ __global__ void gelu_backward_kernel(T* dinp, const T* inp, const T* dout, int64
     dinp[i] = from_f32<T>(g * to_f32(dout[i]));
   }
 }
-
-// Enough blocks to fill a large GPU; the grid-stride loop covers the rest.
-unsigned elementwise_blocks(int64_t n, int block) { return (unsigned)std::min<int64_t>(ceil_div(n, block), 65535 * 8); }
 }  // namespace
 
 template <class T>
 void gelu_forward(T* out, const T* inp, int64_t n, cudaStream_t stream) {
   if (n == 0) return;
-  launch(gelu_forward_kernel<T>, elementwise_blocks(n, 256), 256, 0, stream, out, inp, n);
+  launch(gelu_forward_kernel<T>, grid_stride_blocks(n, 256), 256, 0, stream, out, inp, n);
 }
 template <class T>
 void gelu_backward(T* dinp, const T* inp, const T* dout, int64_t n, cudaStream_t stream) {
   if (n == 0) return;
-  launch(gelu_backward_kernel<T>, elementwise_blocks(n, 256), 256, 0, stream, dinp, inp, dout, n);
+  launch(gelu_backward_kernel<T>, grid_stride_blocks(n, 256), 256, 0, stream, dinp, inp, dout, n);
 }
 
 template void gelu_forward<float>(float*, const float*, int64_t, cudaStream_t);

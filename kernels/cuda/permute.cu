@@ -374,7 +374,7 @@ void fixed_capacity_slots(const int32_t* topk_idx, int N, int k, int E, int64_t 
   launch(slots_prepare_kernel, 1, scan_threads(E), 0, stream, E, k, capacity, bucket, start, before);
   const int64_t NK = (int64_t)N * k;
   if (NK > 0)
-    launch(slots_apply_kernel, (unsigned)std::min<int64_t>(ceil_div(NK, 256), 65535 * 8), 256, 0, stream,
+    launch(slots_apply_kernel, grid_stride_blocks(NK, 256), 256, 0, stream,
            topk_idx, NK, k, E, capacity, chunk_rows, (const int64_t*)start, (const int64_t*)before, send_pos);
 }
 

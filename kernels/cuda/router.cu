@@ -324,15 +324,13 @@ __global__ void gate_noise_backward_kernel(T* dlogits, const T* noise_pre, const
 template <class T>
 void gate_noise_forward(T* logits, const T* noise_pre, const float* eps, int64_t n, cudaStream_t stream) {
   if (n <= 0) return;
-  const unsigned grid = std::min<int64_t>(ceil_div(n, 256), 65535 * 8);
-  launch(gate_noise_forward_kernel<T>, grid, 256, 0, stream, logits, noise_pre, eps, n);
+  launch(gate_noise_forward_kernel<T>, grid_stride_blocks(n, 256), 256, 0, stream, logits, noise_pre, eps, n);
 }
 
 template <class T>
 void gate_noise_backward(T* dlogits, const T* noise_pre, const float* eps, int64_t n, cudaStream_t stream) {
   if (n <= 0) return;
-  const unsigned grid = std::min<int64_t>(ceil_div(n, 256), 65535 * 8);
-  launch(gate_noise_backward_kernel<T>, grid, 256, 0, stream, dlogits, noise_pre, eps, n);
+  launch(gate_noise_backward_kernel<T>, grid_stride_blocks(n, 256), 256, 0, stream, dlogits, noise_pre, eps, n);
 }
 
 template void gate_noise_forward<float>(float*, const float*, const float*, int64_t, cudaStream_t);
