@@ -37,6 +37,7 @@ int main() {
 #include "core/check.h"
 #include "core/rng.h"
 #include "kernels/cuda/adamw.h"
+#include "kernels/cuda/device_memory.h"
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/crossentropy.h"
 #include "kernels/cuda/elementwise.h"
@@ -297,24 +298,11 @@ bool query_device(int dev, DeviceInfo& d, std::string& reason) {
 std::string version_string(int v) { return std::to_string(v / 1000) + "." + std::to_string((v % 1000) / 10); }
 
 // ---- Device buffers and random contents ---------------------------------------------------------------
+// The backend's named device allocations (cuda::DeviceArray: an out-of-memory error names the buffer),
+// never empty so that kernels always get a valid pointer.
 template <class T>
-class DevBuf {
- public:
-  explicit DevBuf(size_t n, const char* what = "buffer") : n_(n) {
-    cudaError_t e = cudaMalloc(&p_, std::max<size_t>(n, 1) * sizeof(T));
-    SCMOE_CHECK(e == cudaSuccess, "cudaMalloc of " << what << " (" << n * sizeof(T) / 1048576.0
-                                                   << " MiB) failed: " << cudaGetErrorString(e));
-  }
-  DevBuf(const DevBuf&) = delete;
-  DevBuf& operator=(const DevBuf&) = delete;
-  ~DevBuf() { cudaFree(p_); }
-  T* get() const { return p_; }
-  size_t size() const { return n_; }
-  size_t bytes() const { return n_ * sizeof(T); }
-
- private:
-  T* p_ = nullptr;
-  size_t n_;
+struct DevBuf : cu::DeviceArray<T> {
+  explicit DevBuf(size_t n, const char* what = "benchmark buffer") : cu::DeviceArray<T>(std::max<size_t>(n, 1), what) {}
 };
 
 template <class T>
