@@ -47,6 +47,12 @@ class Communicator {
   virtual void broadcast(void* buf, size_t count, DType t, int root, Stream* s) = 0;
   virtual void barrier(Stream* s) = 0;
 
+  // Host time (Tracer::now_us clock: steady, the same for every process on a host) at which every rank
+  // had entered the last all_to_all / all_to_all_v this process completed; what came before it was
+  // waiting for a slower peer, not moving data. Negative when the transport cannot tell (Gloo: see
+  // comm.measure_peer_wait). Read it on the thread that ran the exchange, before it issues another.
+  virtual double last_all_arrived_us() const { return -1; }
+
   // Every all_to_all / all_to_all_v is followed by a sleep of latency + bytes_sent / bandwidth, as a
   // link of that speed would add (results are labelled "simulated" by the caller).
   void set_simulated_link(const SimulatedLink& l) { link_ = l; }
@@ -83,5 +89,12 @@ std::unique_ptr<Communicator> make_single_process_communicator();
 // Gloo over TCP, bootstrapped through the rank-0 key-value store at master_addr:master_port.
 // `timeout_s` bounds the rendezvous and every collective (a dead peer becomes an error, not a hang).
 std::unique_ptr<Communicator> make_gloo_communicator(const ProcessGroupEnv& env, double timeout_s);
+
+// all_to_all and all_to_all_v over a shared-memory segment (comm/shm_communicator.cpp: one copy in, one
+// copy out, a futex wake-up per peer), every other collective through `base`; for jobs whose ranks all
+// run on this host. Collective over the ranks of `base`. On success it takes `base` over; on failure
+// (no /dev/shm, not enough room in it, a rank on another host) every rank throws scmoe::Error and
+// `base` stays usable. backend() is base's plus "+shm".
+std::unique_ptr<Communicator> make_shm_communicator(std::unique_ptr<Communicator>& base, double timeout_s);
 
 }  // namespace scmoe

@@ -45,10 +45,12 @@ struct Dispatcher {
   // Timing of the last forward+backward (ms): time exchanges took, and time the compute thread waited.
   // exchange_ms: per exchange (dispatch, combine, combine grad, dispatch grad), accumulated until reset.
   double comm_ms = 0, exposed_ms = 0, exchange_ms[4] = {0, 0, 0, 0};
-  // With measure_peer_wait (several ranks): a barrier starts each exchange, so its time splits into
-  // waiting for the slowest rank to arrive (peer_wait_ms, part of comm_ms: load imbalance, not the
-  // link) and the transfer; exposed_peer_wait_ms is the part of exposed_ms spent in such waits.
-  bool measure_peer_wait = false;
+  // Several ranks: an exchange's time splits into waiting for the slowest rank to arrive (peer_wait_ms,
+  // part of comm_ms: load imbalance, not the link) and the transfer; exposed_peer_wait_ms is the part
+  // of exposed_ms spent in such waits. Known when the transport reports when every rank had arrived
+  // (shared memory), or with measure_peer_wait from a barrier before each exchange; peer_wait_known
+  // says whether the figures were measured.
+  bool measure_peer_wait = false, peer_wait_known = false;
   double peer_wait_ms = 0, exposed_peer_wait_ms = 0;
 
   // plan (saved for backward)
@@ -200,6 +202,11 @@ struct Dispatcher {
       }
       exchange_rows(src, dst, c, toward_experts);
       const double t1 = Tracer::now_us();
+      if (!measure_peer_wait && W > 1 && comm->last_all_arrived_us() >= 0) {
+        ts = std::clamp(comm->last_all_arrived_us(), t0, t1);
+        peer_wait_ms += (ts - t0) / 1000;
+      }
+      peer_wait_known = W > 1 && (measure_peer_wait || comm->last_all_arrived_us() >= 0);
       Tracer::get().add(std::string(names[kind]) + " L" + std::to_string(layer) + (P > 1 ? " c" + std::to_string(c) : ""),
                         stream ? 1 : 0, t0, t1);
       comm_ms += (t1 - t0) / 1000, exchange_ms[kind] += (t1 - t0) / 1000;

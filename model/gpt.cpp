@@ -223,7 +223,7 @@ std::vector<typename GPT<T>::CommTiming> GPT<T>::take_comm_timings() {
   for (int l = 0; l < mc_.n_layer; l++) {
     if (!blocks_[l].moe) continue;
     auto& d = blocks_[l].moe->dispatcher;
-    out.push_back({l, d.comm_ms, d.exposed_ms, d.peer_wait_ms, d.exposed_peer_wait_ms});
+    out.push_back({l, d.comm_ms, d.exposed_ms, d.peer_wait_ms, d.exposed_peer_wait_ms, d.peer_wait_known});
     d.comm_ms = d.exposed_ms = d.peer_wait_ms = d.exposed_peer_wait_ms = 0;
   }
   return out;

@@ -59,11 +59,13 @@ class GPT {
   const std::vector<BranchTap>& branches() const { return branches_; }
 
   // Communication time of each MoE layer's exchanges and the part the compute thread waited for,
-  // since the last call (which resets them); with comm.measure_peer_wait, the parts of both spent
-  // waiting for the slowest rank to arrive (Dispatcher::peer_wait_ms).
+  // since the last call (which resets them); when peer_wait_known (shared-memory transport or
+  // comm.measure_peer_wait), the parts of both spent waiting for the slowest rank to arrive
+  // (Dispatcher::peer_wait_ms).
   struct CommTiming {
     int layer;
     double comm_ms, exposed_ms, peer_wait_ms, exposed_peer_wait_ms;
+    bool peer_wait_known;
   };
   std::vector<CommTiming> take_comm_timings();
 

@@ -28,7 +28,8 @@ struct MoeStats {
 template <class T>
 struct MoE {
   int N = 0, C = 0, F = 0, E = 0, k = 1, W = 1, El = 0, first_expert = 0, layer = 0;
-  bool renormalize = true, noise = false;
+  bool renormalize = true, noise = false, force_balanced = false;
+  Rng balance_rng;
   double capacity_factor = 0, aux_coef = 0, z_coef = 0;
   int pipeline_degree = 1;
   Communicator* comm = nullptr;
@@ -58,7 +59,8 @@ struct MoE {
                                                 << ") for expert parallelism");
     El = E / W;
     first_expert = (c ? c->rank() : 0) * El;
-    renormalize = moe.renormalize, noise = moe.gate_noise;
+    renormalize = moe.renormalize, noise = moe.gate_noise, force_balanced = moe.force_balanced_routing;
+    balance_rng = Rng(hash_string("balanced-routing", (uint64_t)layer_index * 1000003u + (c ? c->rank() : 0)));
     capacity_factor = moe.capacity_factor, aux_coef = moe.aux_loss_coef, z_coef = moe.z_loss_coef;
     pipeline_degree = moe.pipeline_degree;
     SCMOE_CHECK(pipeline_degree == 1 || capacity_factor > 0,
@@ -110,6 +112,7 @@ struct MoE {
     gate.forward(logits, x, N);
     noise_applied = noise && rng;
     if (noise_applied) add_gate_noise(*rng);
+    if (force_balanced) draw_balanced_logits();
     auto L = ops::router_forward(logits, N, E, k, renormalize, probs, topk_idx, topk_gate, pmean.data(),
                                  route_counts.data());
     reduce_router_stats(L);
@@ -156,6 +159,7 @@ struct MoE {
     const double f = double(N) / double(N_global);
     ops::router_backward(dlogits, dgate, logits, probs, topk_idx, route_counts.data(), N, E, k, renormalize,
                          aux_coef * loss_scale * f, z_coef * loss_scale);
+    if (force_balanced) std::fill(dlogits, dlogits + (size_t)N * E, T(0));  // the drawn logits are constants
     gate.backward(dx, dlogits, x, N, true);
     if (noise_applied) {
       // d(noise_pre) = dlogits * eps * softplus'(noise_pre); reuse dlogits in place.
@@ -172,6 +176,12 @@ struct MoE {
   // Noisy top-k gating (Shazeer et al.): logits += N(0,1) * softplus(x . W_noise). Each token's noise
   // comes from a stream keyed by (step draw, layer, global token index), so it is the same whichever
   // rank holds the token; the trainer's RNG (checkpointed) advances once per forward.
+  // moe.force_balanced_routing (benchmarks): logits drawn from N(0, 1), as Megatron-Core's
+  // moe_router_force_load_balancing does, so every expert gets about the same number of rows whatever
+  // the gate has learnt; its own stream per layer and rank, so training draws stay as they were.
+  void draw_balanced_logits() {
+    for (size_t i = 0; i < (size_t)N * E; i++) logits[i] = T(balance_rng.normal());
+  }
   void add_gate_noise(Rng& r) {
     noise_gate.forward(noise_pre, x, N);
     const uint64_t base = r.next_u64() ^ (0x9E3779B97F4A7C15ull * (uint64_t)(layer + 1));

@@ -11,16 +11,22 @@ if(NOT SCMOE_PYTHON3)
 endif()
 set(SCMOE_LAUNCH ${CMAKE_SOURCE_DIR}/train/launch)
 
-foreach(n 2 4)
-  add_test(NAME comm_gloo_${n}ranks
-           COMMAND ${SCMOE_PYTHON3} ${SCMOE_LAUNCH} --nproc-per-node ${n} --master-port 0 --
-                   $<TARGET_FILE:comm_tests>)
-  set_tests_properties(comm_gloo_${n}ranks PROPERTIES LABELS "unit;multiprocess" TIMEOUT 120)
-endforeach()
-
-foreach(failure dead hung)
-  add_test(NAME comm_gloo_${failure}_peer
-           COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/comm_failed_peer.sh --${failure}-peer 4 ${SCMOE_PYTHON3}
-                   ${SCMOE_LAUNCH} $<TARGET_FILE:comm_tests>)
-  set_tests_properties(comm_gloo_${failure}_peer PROPERTIES LABELS "unit;multiprocess" TIMEOUT 120)
+# gloo: every collective over Gloo; shm: the All-to-Alls through the shared-memory transport.
+foreach(transport gloo shm)
+  set(flag)
+  if(transport STREQUAL "shm")
+    set(flag --shm)
+  endif()
+  foreach(n 2 4)
+    add_test(NAME comm_${transport}_${n}ranks
+             COMMAND ${SCMOE_PYTHON3} ${SCMOE_LAUNCH} --nproc-per-node ${n} --master-port 0 --
+                     $<TARGET_FILE:comm_tests> ${flag})
+    set_tests_properties(comm_${transport}_${n}ranks PROPERTIES LABELS "unit;multiprocess" TIMEOUT 120)
+  endforeach()
+  foreach(failure dead hung)
+    add_test(NAME comm_${transport}_${failure}_peer
+             COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/comm_failed_peer.sh --${failure}-peer 4 ${SCMOE_PYTHON3}
+                     ${SCMOE_LAUNCH} $<TARGET_FILE:comm_tests> ${flag})
+    set_tests_properties(comm_${transport}_${failure}_peer PROPERTIES LABELS "unit;multiprocess" TIMEOUT 120)
+  endforeach()
 endforeach()

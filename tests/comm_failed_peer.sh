@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# A Gloo job with a dead or hung rank 1: runs `comm_tests --dead-peer|--hung-peer` through the launcher
+# A job with a dead or hung rank 1: runs `comm_tests --dead-peer|--hung-peer` through the launcher
 # and expects a failed job in which every other rank reported the failed collective by name, in time.
-# usage: comm_failed_peer.sh --dead-peer|--hung-peer NPROC PYTHON3 LAUNCH COMM_TESTS
+# usage: comm_failed_peer.sh --dead-peer|--hung-peer NPROC PYTHON3 LAUNCH COMM_TESTS [--shm]
 set -u
 mode=$1 nproc=$2 python=$3 launch=$4 comm_tests=$5
+shift 5  # what is left goes to comm_tests (--shm: All-to-Alls through shared memory)
 
 fail() {
   echo "FAIL ($mode): $*"
@@ -11,7 +12,7 @@ fail() {
 }
 
 start=$SECONDS
-out=$("$python" "$launch" --nproc-per-node "$nproc" --master-port 0 -- "$comm_tests" "$mode" 2>&1)
+out=$("$python" "$launch" --nproc-per-node "$nproc" --master-port 0 -- "$comm_tests" "$mode" "$@" 2>&1)
 rc=$?
 elapsed=$((SECONDS - start))
 printf '%s\n' "$out"

@@ -1,7 +1,8 @@
 // The Gloo communicator across N processes: run as N ranks by train/launch (or by hand with RANK,
-// WORLD_SIZE, MASTER_ADDR, MASTER_PORT set). With --dead-peer rank 1 vanishes before a collective, with
-// --hung-peer it stops responding; either way the others must fail with an error naming the collective
-// within the (5 s) timeout instead of hanging.
+// WORLD_SIZE, MASTER_ADDR, MASTER_PORT set); with --shm the All-to-Alls go through the shared-memory
+// transport wrapped around it. With --dead-peer rank 1 vanishes before a collective, with --hung-peer
+// it stops responding; either way the others must fail with an error naming the collective within the
+// (5 s) timeout instead of hanging.
 #include <unistd.h>
 
 #include <chrono>
@@ -17,6 +18,7 @@
 #include "comm/communicator.h"
 #include "core/check.h"
 #include "core/stream.h"
+#include "core/trace.h"
 #include "tests/testing.h"
 
 using scmoe::Communicator;
@@ -85,6 +87,40 @@ void test_all_to_all(Communicator& c) {
   for (int q = 0; q < w; ++q)
     for (int j = 0; j < n; ++j) ok = ok && recv[static_cast<size_t>(q * n + j)] == q * 1000 + r * 10 + j;
   CHECK(ok);
+}
+
+// Several MiB per peer: more than the shared-memory transport's slot (4 MiB with 2 ranks, 2 MiB with
+// 4), so the message travels in pieces.
+void test_all_to_all_large(Communicator& c) {
+  const int w = c.world_size(), r = c.rank();
+  const size_t n = (size_t(5) << 20) / sizeof(int32_t) + 7;  // int32 per peer: just over 5 MiB
+  std::vector<int32_t> send(n * static_cast<size_t>(w)), recv(send.size(), -1);
+  for (int p = 0; p < w; ++p)
+    for (size_t j = 0; j < n; ++j) send[p * n + j] = static_cast<int32_t>((r * 16 + p) * 1000003 + j);
+  c.all_to_all(send.data(), recv.data(), n, DType::i32, nullptr);
+  bool ok = true;
+  for (int q = 0; q < w; ++q)
+    for (size_t j = 0; j < n; ++j) ok = ok && recv[q * n + j] == static_cast<int32_t>((q * 16 + r) * 1000003 + j);
+  CHECK(ok);
+}
+
+// The shared-memory transport knows when every rank had entered an exchange: rank 0 enters 300 ms late
+// and the others see it; Gloo cannot tell (negative).
+void test_arrival_time(Communicator& c, bool shm) {
+  std::vector<float> send(4 * static_cast<size_t>(c.world_size()), 1.0f), recv(send.size());
+  c.barrier(nullptr);
+  if (c.rank() == 0) std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  const double entered = scmoe::Tracer::now_us();
+  c.all_to_all(send.data(), recv.data(), 4, DType::f32, nullptr);
+  const double done = scmoe::Tracer::now_us(), arrived = c.last_all_arrived_us();
+  if (!shm) {
+    CHECK(arrived < 0);
+    return;
+  }
+  std::printf("rank %d: entered the exchange at +0, every rank had at %+.1f ms, done at %+.1f ms\n", c.rank(),
+              (arrived - entered) / 1000, (done - entered) / 1000);
+  CHECK(arrived >= entered && arrived <= done);
+  CHECK(c.rank() == 0 ? arrived - entered < 100e3 : arrived - entered > 200e3);
 }
 
 // Rank r sends (r + p) % 3 elements to peer p, so some splits are empty; element j of the split from
@@ -308,7 +344,9 @@ int run_failed_peer(Communicator& c, bool hang, double timeout_s) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const std::string mode = argc > 1 ? argv[1] : "";
+  std::string mode;
+  bool shm = false;
+  for (int i = 1; i < argc; i++) (std::strcmp(argv[i], "--shm") == 0 ? (void)(shm = true) : (void)(mode = argv[i]));
   const bool failed_peer = mode == "--dead-peer" || mode == "--hung-peer";
   const double timeout_s = failed_peer ? 5.0 : 30.0;
   int rank = -1;
@@ -316,9 +354,15 @@ int main(int argc, char** argv) {
     scmoe::ProcessGroupEnv env = scmoe::read_process_group_env();
     rank = env.rank;
     auto comm = scmoe::make_gloo_communicator(env, timeout_s);
+    if (shm) {
+      comm = scmoe::make_shm_communicator(comm, timeout_s);
+      CHECK(comm->backend() == "gloo+shm");
+    }
     if (failed_peer) return run_failed_peer(*comm, mode == "--hung-peer", timeout_s);
     test_all_reduce(*comm);
     test_all_to_all(*comm);
+    test_all_to_all_large(*comm);
+    test_arrival_time(*comm, shm);
     test_all_to_all_v_packed(*comm);
     test_all_to_all_v_scattered(*comm);
     test_all_to_all_v_all_empty(*comm);

@@ -9,6 +9,9 @@
 #   reshard_<F>to<T>      train on F ranks, scripts/reshard_checkpoint.py to T ranks, continue: same losses
 #   reshard_dense_<F>to<T>  the same for a dense model (only the optimizer files change)
 #   reshard_errors        the re-shard tool's documented errors
+#   peer_wait             MoE All-to-Alls over gloo, shared memory, shared memory + barrier: same weights,
+#                         consistent peer-wait figures
+#   balanced_routing      moe.force_balanced_routing: balanced loads, gates that learn nothing
 #   world_mismatch_error  moe.num_experts not divisible by the world size
 #   rank_killed           SIGKILL to one rank: the launcher tears down the job, names it; resume
 #   rank_exit1            one rank's process exits 1: the launcher names it, stops the rest; resume
@@ -240,26 +243,70 @@ equiv_*)
   echo "equivalence ($arch): 1, 2, 4 ranks agree within 1e-9 relative (float64; only the reduction order differs)"
   ;;
 peer_wait)
-  # comm.measure_peer_wait adds a barrier before each exchange and splits its time; it must not change
-  # the training (same weights, byte for byte) and its figures must be consistent with the others.
+  # The MoE All-to-Alls over Gloo, through shared memory (comm.transport auto on one host), and through
+  # shared memory with comm.measure_peer_wait's barrier before each exchange: the same training (weights
+  # byte for byte). The shared-memory transport splits each exchange's time into waiting for the slowest
+  # rank and the transfer without a barrier; Gloo alone cannot (no such fields).
   common=("${TINY[@]}" "${MOE[@]}" --set model.arch=scmoe --set train.batch_size=4 --set train.max_steps=5
           --set train.eval_every=0 --set checkpoint.every=0 --set comm.simulate_link.bandwidth_gb_s=2)
-  run_w 2 off.log "${common[@]}" --set train.out_dir="$WORK/off" || { tail -30 off.log; fail "run failed"; }
+  run_w 2 gloo.log "${common[@]}" --set comm.transport=gloo --set train.out_dir="$WORK/gloo" ||
+    { tail -30 gloo.log; fail "run over gloo failed"; }
+  run_w 2 shm.log "${common[@]}" --set train.out_dir="$WORK/shm" || { tail -30 shm.log; fail "run failed"; }
   run_w 2 on.log "${common[@]}" --set comm.measure_peer_wait=true --set train.out_dir="$WORK/on" ||
     { tail -30 on.log; fail "run with comm.measure_peer_wait failed"; }
-  cmp off/checkpoints/step_00000005/model.safetensors on/checkpoints/step_00000005/model.safetensors ||
-    fail "measuring the peer wait changed the weights"
-  grep -q "peer wait .* ms (exposed .*), transfer overlap" on.log || fail "no peer wait in the step line: $(tail -3 on.log)"
-  "$PY" - on/metrics.jsonl off/metrics.jsonl <<'PY' || fail "peer wait figures inconsistent"
+  grep -q "MoE All-to-Alls over gloo" gloo.log || fail "comm.transport gloo not in the log: $(grep 'process group' gloo.log)"
+  grep -q "MoE All-to-Alls through shared memory" shm.log ||
+    fail "comm.transport auto did not take shared memory on one host: $(grep 'process group' shm.log)"
+  for run in shm on; do
+    cmp gloo/checkpoints/step_00000005/model.safetensors $run/checkpoints/step_00000005/model.safetensors ||
+      fail "the $run run's weights differ from the gloo run's"
+    grep -q "peer wait .* ms (exposed .*), transfer overlap" $run.log || fail "no peer wait in $run's step line: $(tail -3 $run.log)"
+  done
+  "$PY" - gloo/metrics.jsonl shm/metrics.jsonl on/metrics.jsonl <<'PY' || fail "peer wait figures inconsistent"
 import json, sys
-on = [r for r in map(json.loads, open(sys.argv[1])) if "comm_ms" in r]
-off = [r for r in map(json.loads, open(sys.argv[2])) if "comm_ms" in r]
-assert on and all("peer_wait_ms" not in r for r in off), "peer wait fields without comm.measure_peer_wait"
-for r in on:
-    assert 0 <= r["peer_wait_ms"] <= r["comm_ms"] + 1e-6, r
-    assert 0 <= r["exposed_peer_wait_ms"] <= r["exposed_comm_ms"] + 1e-3, r
-    assert 0 <= r["transfer_overlap"] <= 1, r
-print("peer wait per step (ms):", " ".join(f"{r['peer_wait_ms']:.2f}/{r['comm_ms']:.2f}" for r in on))
+gloo, shm, on = ([r for r in map(json.loads, open(f)) if "comm_ms" in r] for f in sys.argv[1:])
+assert gloo and all("peer_wait_ms" not in r for r in gloo), "peer wait fields over gloo without comm.measure_peer_wait"
+for name, runs in (("shm", shm), ("barrier", on)):
+    assert len(runs) == len(gloo), name
+    for r in runs:
+        assert 0 <= r["peer_wait_ms"] <= r["comm_ms"] + 1e-6, r
+        assert 0 <= r["exposed_peer_wait_ms"] <= r["exposed_comm_ms"] + 1e-3, r
+        assert 0 <= r["transfer_overlap"] <= 1, r
+    print(f"{name}: peer wait per step (ms):", " ".join(f"{r['peer_wait_ms']:.2f}/{r['comm_ms']:.2f}" for r in runs))
+PY
+  ;;
+balanced_routing)
+  # moe.force_balanced_routing (benchmarks): random router logits keep every expert's load near the mean
+  # and the gate learns nothing, so between two checkpoints a gate weight only decays: step 4's is
+  # step 1's times one scalar. The same run with learned routing changes its gates freely.
+  common=("${TINY[@]}" --set moe.num_experts=4 --set model.arch=scmoe --set train.batch_size=8 --set train.max_steps=4
+          --set train.eval_every=0 --set checkpoint.every=1 --set checkpoint.keep=10 --set optim.weight_decay=0.1)
+  run_w 2 bal.log "${common[@]}" --set moe.force_balanced_routing=true --set train.out_dir="$WORK/bal" ||
+    { tail -30 bal.log; fail "run with moe.force_balanced_routing failed"; }
+  run_w 2 learned.log "${common[@]}" --set train.out_dir="$WORK/learned" || { tail -30 learned.log; fail "run failed"; }
+  SRC=$SRC "$PY" - bal learned <<'PY' || fail "balanced routing"
+import json, os, sys
+sys.path.insert(0, os.path.join(os.environ["SRC"], "tests", "torch_ref"))
+import numpy as np
+import st
+def gates(run, step):
+    t, _ = st.read(f"{run}/checkpoints/step_{step:08d}/model.safetensors")
+    return {n: a.astype(np.float64) for n, a in t.items() if n.endswith(".gate.weight")}
+def worst_decay_misfit(run):  # max over gates of |g4 - c g1| / max |g4|, c fitted by least squares
+    g1, g4 = gates(run, 1), gates(run, 4)
+    assert g1 and g1.keys() == g4.keys(), (run, list(g1))
+    out = 0.0
+    for n in g1:
+        c = float((g1[n] * g4[n]).sum() / (g1[n] * g1[n]).sum())
+        out = max(out, float(np.abs(g4[n] - c * g1[n]).max() / np.abs(g4[n]).max()))
+    return out
+bal = [r for r in map(json.loads, open("bal/metrics.jsonl")) if "moe_load_max" in r]
+loads = [r["moe_load_max"] for r in bal]
+print("forced balance: moe_load_max per step", " ".join(f"{x:.3f}" for x in loads))
+assert len(bal) == 4 and max(loads) < 1.3, loads
+b, l = worst_decay_misfit("bal"), worst_decay_misfit("learned")
+print(f"gate weights step 4 vs a multiple of step 1: misfit {b:.2e} forced, {l:.2e} learned")
+assert b < 1e-5 and l > 3e-4, (b, l)
 PY
   ;;
 resume_2ranks)

@@ -25,14 +25,14 @@ namespace {
 #define SCMOE_CONFIG_FIELDS(X)                                                                         \
   X(model.arch) X(model.n_layer) X(model.d_model) X(model.n_head) X(model.d_ff) X(model.seq_len)       \
   X(model.vocab_size) X(model.norm) X(model.init_std) X(moe.num_experts) X(moe.top_k) X(moe.every) X(moe.d_expert)     \
-  X(moe.capacity_factor) X(moe.aux_loss_coef) X(moe.z_loss_coef) X(moe.gate_noise) X(moe.renormalize) X(moe.pipeline_degree) \
+  X(moe.capacity_factor) X(moe.aux_loss_coef) X(moe.z_loss_coef) X(moe.gate_noise) X(moe.renormalize) X(moe.pipeline_degree) X(moe.force_balanced_routing) \
   X(scmoe.position) X(scmoe.combine) X(scmoe.expert_slot) X(optim.lr) X(optim.weight_decay)           \
   X(optim.beta1) X(optim.beta2) X(optim.eps) X(optim.grad_clip) X(optim.warmup_steps)                 \
   X(optim.schedule) X(optim.decay_steps) X(optim.min_lr) X(train.max_steps) X(train.batch_size)       \
   X(train.grad_accum) X(train.global_batch_tokens) X(train.seed) X(train.device) X(train.precision)   \
   X(train.dtype) X(train.out_dir) X(train.log_every) X(train.eval_every) X(train.eval_batches)         \
   X(train.threads) X(train.trace_step) X(data.train) X(data.val) X(data.shuffle) X(checkpoint.every) X(checkpoint.keep)   \
-  X(comm.timeout_s) X(comm.overlap) X(comm.measure_peer_wait) X(comm.simulate_link.bandwidth_gb_s) X(comm.simulate_link.latency_us)  \
+  X(comm.timeout_s) X(comm.overlap) X(comm.measure_peer_wait) X(comm.transport) X(comm.simulate_link.bandwidth_gb_s) X(comm.simulate_link.latency_us)  \
   X(inference.offload_experts) X(inference.expert_cache_slots) X(inference.migration)                  \
   X(inference.host_link_gb_s) X(inference.host_link_latency_us) X(inference.tokenizer)
 // clang-format on
@@ -308,7 +308,7 @@ void test_cross_checks() {
 Config unusual_config() {
   Config c;
   c.model = {"scmoe", 6, 96, 3, 200, 64, 50257, "rmsnorm", 0.1 + 0.2};
-  c.moe = {16, 3, 1, 640, -1.5, 1e-300, 5e-324, true, false, 3};
+  c.moe = {16, 3, 1, 640, -1.5, 1e-300, 5e-324, true, false, 3, true};
   c.scmoe = {3, "cg2", "4"};
   c.optim = {3e-4, 0.0, 0.0, 0.999999999999, 1.2345678901234567e-9, -2.5, 7, "linear", 123, 1e-7};
   c.train.max_steps = std::numeric_limits<int>::max();
@@ -330,6 +330,7 @@ Config unusual_config() {
   c.comm.timeout_s = 7.5;
   c.comm.overlap = false;
   c.comm.measure_peer_wait = true;
+  c.comm.transport = "shm";
   c.comm.simulate_link = {12.5, 0.1};
   c.inference = {true, 7, "speculative", 0.1 + 0.7, 2.5, "gpt2"};
   return c;
@@ -348,7 +349,7 @@ void test_round_trip() {
   CHECK(config_to_yaml(back) == yaml);
   CHECK(differences(parse_config_text(config_to_yaml(Config{}), "defaults"), Config{}, true) == 0);
   // Every key is printed, nested, with doubles that look like doubles.
-  CHECK(yaml.find("comm:\n  timeout_s: 7.5\n  overlap: false\n  measure_peer_wait: true\n  simulate_link:\n    bandwidth_gb_s: 12.5\n    latency_us: 0.1\n") !=
+  CHECK(yaml.find("comm:\n  timeout_s: 7.5\n  overlap: false\n  measure_peer_wait: true\n  transport: shm\n  simulate_link:\n    bandwidth_gb_s: 12.5\n    latency_us: 0.1\n") !=
         std::string::npos);
   CHECK(config_to_yaml(Config{}).find("  capacity_factor: 2.0\n") != std::string::npos);
   CHECK(config_to_yaml(Config{}).find("  eps: 1.0e-08\n") != std::string::npos);

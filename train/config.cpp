@@ -84,6 +84,10 @@ const Key kKeys[] = {
     KEY(moe.renormalize, any(), "renormalise the top-k probabilities when top_k > 1"),
     KEY(moe.pipeline_degree, at_least(1),
         "split each expert's All-to-All and computation into this many chunks that overlap (capacity_factor > 0)"),
+    KEY(moe.force_balanced_routing, any(),
+        "benchmarks only (cpu backend): route by random logits, as Megatron-Core's moe_router_force_load_balancing, "
+        "so expert loads stay balanced and communication is measured apart from load imbalance; the router "
+        "does not learn"),
     KEY(scmoe.position, between(1, 3),
         "routed experts' input: 1 preceding block's output, 2 inside it (after attention), 3 its input"),
     KEY(scmoe.combine, one_of("add|cg1|cg2"),
@@ -129,6 +133,9 @@ const Key kKeys[] = {
     KEY(comm.measure_peer_wait, any(),
         "several ranks: a barrier before each MoE All-to-All splits its time into waiting for the slowest rank "
         "(load imbalance, peer_wait_ms) and the transfer; adds one barrier per exchange"),
+    KEY(comm.transport, one_of("auto|gloo|shm"),
+        "several ranks on the cpu backend: how the MoE All-to-Alls travel; shm through a shared-memory segment "
+        "(every rank on this host), gloo over TCP; auto: shm when every rank is on this host and it can be set up"),
     KEY(comm.simulate_link.bandwidth_gb_s, at_least(0),
         "delay each All-to-All as a link of this many GB/s would; 0: no simulated link"),
     KEY(comm.simulate_link.latency_us, at_least(0),

@@ -30,6 +30,7 @@ struct MoeConfig {
   bool gate_noise = false;
   bool renormalize = true;     // renormalise the top-k probabilities when k > 1
   int pipeline_degree = 1;     // chunks of the All-to-All + expert pipeline (Tutel-style); needs capacity_factor > 0
+  bool force_balanced_routing = false;  // benchmarks only: random router logits (see config.cpp)
 };
 
 struct ScmoeConfig {
@@ -88,6 +89,7 @@ struct CommConfig {
   double timeout_s = 300.0;     // rendezvous and collective timeout (a dead peer becomes an error)
   bool overlap = true;          // ScMoE: run All-to-Alls on a communication stream, overlapped
   bool measure_peer_wait = false;  // a barrier before each MoE exchange splits its time (see config.cpp)
+  std::string transport = "auto";  // MoE All-to-Alls: auto | gloo | shm (see config.cpp)
   SimulateLinkConfig simulate_link;
 };
 

@@ -167,6 +167,9 @@ template <class T>
 int generate(const Config& cfg, const GenerateOptions& opt, Device dev) {
   if (cfg.train.threads > 0) omp_set_num_threads(cfg.train.threads);
   check_sampling(opt.sampling);
+  SCMOE_CHECK(!cfg.moe.force_balanced_routing,
+              "moe.force_balanced_routing is a training benchmark option (random routing): generation routes with the "
+              "trained gate; set it to false");
   SCMOE_CHECK(opt.max_new_tokens >= 0, "--max-new-tokens must be >= 0, got " << opt.max_new_tokens);
 
   const std::string root = (fs::path(cfg.train.out_dir) / "checkpoints").string();

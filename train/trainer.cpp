@@ -116,6 +116,7 @@ class Trainer {
  private:
   void setup();
   void make_device_model();
+  std::string use_shm_transport(bool on_device);
   // Host copies <-> the device model (checkpoints read and write the host copies); float32 runs only.
   void upload_to_device() {
     if constexpr (std::is_same<T, float>::value) device_->upload(model_->params(), optim_->m().data(), optim_->v().data());
@@ -162,6 +163,7 @@ void Trainer<T>::setup() {
   // falls back to the CPU for the rest, an explicit `cuda` is an error naming what is missing.
   std::string unsupported;
   if (cfg_.train.dtype != "float32") unsupported = "train.dtype " + cfg_.train.dtype;
+  else if (cfg_.moe.force_balanced_routing) unsupported = "moe.force_balanced_routing";
 #ifndef SCMOE_HAVE_NCCL
   else if (read_process_group_env().world_size > 1) unsupported = "several processes without NCCL (not found at build time)";
 #endif
@@ -183,9 +185,10 @@ void Trainer<T>::setup() {
   log_rank() = rank_;
   if (world_ > 1) {
     comm_ = make_gloo_communicator(env_, cfg_.comm.timeout_s);
+    const std::string moe_path = use_shm_transport(dev == Device::cuda);
     comm_->set_simulated_link({cfg_.comm.simulate_link.bandwidth_gb_s, cfg_.comm.simulate_link.latency_us});
-    log_info("process group: %d ranks (%s, gloo via %s:%d)", world_, env_.source.c_str(), env_.master_addr.c_str(),
-             env_.master_port);
+    log_info("process group: %d ranks (%s, gloo via %s:%d; MoE All-to-Alls %s)", world_, env_.source.c_str(),
+             env_.master_addr.c_str(), env_.master_port, moe_path.c_str());
   }
 
   const auto& tc = cfg_.train;
@@ -225,6 +228,28 @@ void Trainer<T>::setup() {
     train_data_ = std::make_unique<DataLoader>(cfg_.data.train, "data.train", cfg_.model.seq_len,
                                                cfg_.model.vocab_size, cfg_.data.shuffle, tc.seed);
   ckpt_root_ = (fs::path(tc.out_dir) / "checkpoints").string();
+}
+
+// comm.transport: wraps comm_ so that the MoE All-to-Alls travel through shared memory (auto: when every
+// rank is on this host and the segment can be made; a failure is the same on every rank, so all fall
+// back together). Returns how the MoE exchanges travel, for the log.
+template <class T>
+std::string Trainer<T>::use_shm_transport(bool on_device) {
+  const std::string& t = cfg_.comm.transport;
+  if (on_device) return "over NCCL on the device";
+  const bool one_host = env_.local_world_size == env_.world_size;
+  SCMOE_CHECK(t != "shm" || one_host, "comm.transport shm needs every rank on this host (world size "
+                                          << env_.world_size << ", " << env_.local_world_size
+                                          << " local ranks); use gloo or auto");
+  if (t == "gloo" || !one_host) return "over gloo";
+  try {
+    comm_ = make_shm_communicator(comm_, cfg_.comm.timeout_s);
+    return "through shared memory";
+  } catch (const Error& e) {
+    if (t == "shm") throw;
+    log_info("comm.transport auto: %s; the MoE All-to-Alls go over gloo", e.what());
+    return "over gloo";
+  }
 }
 
 template <class T>
@@ -428,8 +453,9 @@ double Trainer<T>::reduce_mean(double local) {
 }
 
 // comm_ms, exposed_comm_ms and overlap (this rank's MoE exchanges in the last step, summed over layers,
-// plus per layer) and, with comm.measure_peer_wait, peer_wait_ms, exposed_peer_wait_ms and
-// transfer_overlap (the same without the waits for the slowest rank); returns the step line's suffix.
+// plus per layer) and, where the waits for the slowest rank were measured (shared-memory transport or
+// comm.measure_peer_wait), peer_wait_ms, exposed_peer_wait_ms and transfer_overlap (the same without
+// those waits); returns the step line's suffix.
 template <class T>
 std::string Trainer<T>::comm_fields(std::vector<std::pair<std::string, double>>& fields) {
   // The CUDA backend runs its exchanges sequentially and does not time them (yet): no figures.
@@ -437,7 +463,9 @@ std::string Trainer<T>::comm_fields(std::vector<std::pair<std::string, double>>&
   auto timings = model_->take_comm_timings();
   if (timings.empty()) return "";
   double comm = 0, exposed = 0, peer = 0, exposed_peer = 0;
+  bool peer_known = false;
   for (const auto& t : timings) {
+    peer_known |= t.peer_wait_known;
     std::string p = "moe" + std::to_string(t.layer) + "_";
     fields.push_back({p + "comm_ms", t.comm_ms});
     fields.push_back({p + "exposed_comm_ms", t.exposed_ms});
@@ -452,7 +480,7 @@ std::string Trainer<T>::comm_fields(std::vector<std::pair<std::string, double>>&
   char buf[256];
   int n = std::snprintf(buf, sizeof buf, " | comm %.1f ms exposed %.1f overlap %.2f%s", comm, exposed, overlap,
                         link.bandwidth_gb_s > 0 || link.latency_us > 0 ? " (simulated link)" : "");
-  if (cfg_.comm.measure_peer_wait && world_ > 1) {
+  if (peer_known) {
     // The transfers alone: comm and exposure without the waits for the slowest rank.
     const double tc = comm - peer, te = std::max(0.0, exposed - exposed_peer);
     const double transfer_overlap = tc > 0 ? std::max(0.0, 1.0 - te / tc) : 0.0;
