@@ -7,7 +7,8 @@
 //              -> each token sums gate * output over its choices
 // Backward runs the same exchanges in the opposite direction. With one rank every exchange is a copy.
 // Two exchange layouts give identical results:
-//   dropless (capacity_factor <= 0): rows packed, sizes known only after the count exchange;
+//   packed (dropless, and with a capacity unless pipelined): only the rows that exist travel, sizes
+//              known after the count exchange; a capacity is applied where the rows arrive;
 //   fixed capacity: every (source, expert) pair owns `capacity` rows (padded), so every exchange has a
 //              size known in advance (no host synchronisation on a GPU). A source sends only its first
 //              `capacity` rows per expert: the global admission order visits a source's rows in that

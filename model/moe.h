@@ -93,7 +93,10 @@ struct MoE {
     hidden_h = a.alloc<T>(rows * F), hidden_g = a.alloc<T>(rows * F);
     dh = a.alloc<T>(rows * F), dg = a.alloc<T>(rows * F);
     dx = a.alloc<T>((size_t)N * C);
-    dispatcher.alloc(a, N, capacity(), capacity_factor > 0, pipeline_degree);
+    // The packed layout moves only the rows that exist; the fixed one pads every (source, expert) pair
+    // to the capacity (4x the rows with capacity_factor 2 on 2 ranks), which only chunked pipelining
+    // needs here (the counts are exchanged first either way on the CPU).
+    dispatcher.alloc(a, N, capacity(), capacity_factor > 0 && pipeline_degree > 1, pipeline_degree);
   }
 
   // Rows per expert over the global batch (DESIGN.md section 3); dropless when capacity_factor <= 0.
