@@ -3,7 +3,7 @@
 # moe.pipeline_degree 4) vs top-1 MoE vs shared expert, same active compute (configs/ts_*.yaml), 2 ranks
 # through train/launch, at several simulated link speeds.
 #   [ROUTING=learned|balanced] [TRANSPORT=auto|shm|gloo] bench/overlap.sh [STEPS] [BANDWIDTHS_GB_S...]
-#   (defaults: learned routing, auto transport (shared memory on one host), 16 steps; 0.05 0.2 1 5 GB/s)
+#   (defaults: learned routing, auto transport (shared memory on one host), 16 steps; 0.015 0.05 0.2 1 GB/s)
 # Prints a Markdown table (median step time after the first 6 steps, speed-up over top-2, communication
 # share of top-2's step, overlap; where the transport tells when every rank had arrived, the time
 # exchanges waited for the slower rank and the overlap of the transfers alone) and the windows the
@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 STEPS=${1:-16}
 shift || true
 BWS=("$@")
-[[ ${#BWS[@]} -gt 0 ]] || BWS=(0.05 0.2 1 5)
+[[ ${#BWS[@]} -gt 0 ]] || BWS=(0.015 0.05 0.2 1)
 [[ -x build/train ]] || scripts/build.sh >/dev/null
 [[ -f data/tinyshakespeare/train_000000.bin ]] ||
   python3 data/prepare.py --input data/tinyshakespeare.txt --out-dir data/tinyshakespeare >/dev/null

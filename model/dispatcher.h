@@ -9,18 +9,19 @@
 // Two exchange layouts give identical results:
 //   packed (dropless, and with a capacity unless pipelined): only the rows that exist travel, sizes
 //              known after the count exchange; a capacity is applied where the rows arrive;
-//   fixed capacity: every (source, expert) pair owns `capacity` rows (padded), so every exchange has a
-//              size known in advance (no host synchronisation on a GPU). A source sends only its first
-//              `capacity` rows per expert: the global admission order visits a source's rows in that
-//              same order, so no row that could be admitted is left behind. The slots can be cut into
-//              P chunks (moe.pipeline_degree, Tutel-style pipelining): chunk c's experts run while
-//              chunk c+1 travels and chunk c-1's outputs travel back.
+//   fixed capacity (moe.pipeline_degree > 1): every (source, expert) pair owns `capacity` slot rows,
+//              cut into P chunks (Tutel-style pipelining): chunk c's experts run while chunk c+1
+//              travels and chunk c-1's outputs travel back. A source sends only its first `capacity`
+//              rows per expert: the global admission order visits a source's rows in that same order,
+//              so no row that could be admitted is left behind. Only each slot's used prefix travels
+//              (packed around a variable-split exchange), not the padding.
 // Each exchange is split into begin (post it on the communication stream) and finish (wait for it), so
 // the model can compute in between: that is the ScMoE overlap. Without a communication stream every
 // exchange runs inline (strictly sequential); results are bit-identical either way.
 #pragma once
 #include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <memory>
 #include <thread>
 #include <utility>
@@ -82,6 +83,7 @@ struct Dispatcher {
     expert_row = a.alloc<int32_t>(worst);
     xs = a.alloc<T>(local * C), ys = a.alloc<T>(local * C);
     xr = a.alloc<T>(worst * C), yr = a.alloc<T>(worst * C);
+    if (fixed && W > 1) stage_send = a.alloc<T>((size_t)E * chunk_rows * C), stage_recv = a.alloc<T>((size_t)E * chunk_rows * C);
   }
   void reset_timers() {
     comm_ms = exposed_ms = peer_wait_ms = exposed_peer_wait_ms = 0;
@@ -257,14 +259,26 @@ struct Dispatcher {
     while (!e.query()) std::this_thread::yield();
   }
 
+  // Fixed layout, chunk c: the rows of the (peer p, its local expert le) slot segment that hold data,
+  // a prefix of it, as the source side sees them (mine: my rows for p's expert) or as the expert side
+  // does (rows from source p for my expert le). send_bucket and recv_bucket share the index layout.
+  int64_t used_rows(int c, int p, int le, bool mine) const {
+    int64_t u = 0;
+    for (int j = 0; j < k; j++) u += (mine ? send_bucket : recv_bucket)[((size_t)p * El + le) * k + j];
+    return std::clamp<int64_t>(u - (int64_t)c * chunk_rows, 0, chunk_rows);
+  }
+  T *stage_send = nullptr, *stage_recv = nullptr;  // fixed layout, several ranks: a chunk's used rows
+
   void exchange_rows(const T* src, T* dst, int c, bool toward_experts) {
-    if (fixed) {  // chunk c: equal splits of El * chunk_rows rows per peer
-      const size_t first = (size_t)chunk_first(c) * C, per_peer = (size_t)El * chunk_rows * C;
+    if (fixed) {  // chunk c: every (peer, expert) segment is chunk_rows long; only its used prefix travels
       if (W == 1) {
-        ops::copy(dst + first, src + first, (int64_t)per_peer);
-        delay_local(per_peer * sizeof(T));
+        const size_t first = (size_t)chunk_first(c) * C;
+        ops::copy(dst + first, src + first, (int64_t)El * chunk_rows * C);
+        int64_t used = 0;
+        for (int le = 0; le < El; le++) used += used_rows(c, 0, le, true);
+        delay_local(size_t(used) * C * sizeof(T));
       } else {
-        comm->all_to_all(src + first, dst + first, per_peer, dtype(), nullptr);
+        exchange_fixed_chunk(src, dst, c, toward_experts);
       }
       return;
     }
@@ -283,6 +297,32 @@ struct Dispatcher {
     const auto& rr = toward_experts ? recv_rows : send_rows;
     const auto& ro = toward_experts ? recv_off : send_off;
     comm->all_to_all_v(src, scale(sr), scale(so), dst, scale(rr), scale(ro), dtype(), nullptr);
+  }
+  // The padding of the fixed layout does not travel: each segment's used prefix is packed into a staging
+  // buffer, exchanged with variable splits and put back in place (both sides know every prefix from the
+  // count exchange). Rows past a prefix are never read: admission and the combine only touch sent rows.
+  void exchange_fixed_chunk(const T* src, T* dst, int c, bool toward_experts) {
+    std::vector<size_t> sc(W), so(W), rc(W), ro(W);
+    size_t s_at = 0, r_at = 0;
+    auto segment = [&](int p, int le) { return (((size_t)c * E + (size_t)p * El + le) * chunk_rows) * C; };
+    for (int p = 0; p < W; p++) {
+      so[p] = s_at, ro[p] = r_at;
+      for (int le = 0; le < El; le++) {
+        const size_t ns = (size_t)used_rows(c, p, le, toward_experts) * C;
+        if (ns) std::memcpy(stage_send + s_at, src + segment(p, le), ns * sizeof(T));
+        s_at += ns, r_at += (size_t)used_rows(c, p, le, !toward_experts) * C;
+      }
+      sc[p] = s_at - so[p], rc[p] = r_at - ro[p];
+    }
+    comm->all_to_all_v(stage_send, sc, so, stage_recv, rc, ro, dtype(), nullptr);
+    for (int p = 0; p < W; p++) {
+      size_t at = ro[p];
+      for (int le = 0; le < El; le++) {
+        const size_t nr = (size_t)used_rows(c, p, le, !toward_experts) * C;
+        if (nr) std::memcpy(dst + segment(p, le), stage_recv + at, nr * sizeof(T));
+        at += nr;
+      }
+    }
   }
   static DType dtype() { return sizeof(T) == 4 ? DType::f32 : DType::f64; }
   // In one process the simulated link carries every routed row, as if the experts lived on another

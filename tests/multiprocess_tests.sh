@@ -11,6 +11,7 @@
 #   reshard_errors        the re-shard tool's documented errors
 #   peer_wait             MoE All-to-Alls over gloo, shared memory, shared memory + barrier: same weights,
 #                         consistent peer-wait figures
+#   pipeline_2ranks       moe.pipeline_degree 3 on 2 ranks == unpipelined == 1 rank (drops included)
 #   balanced_routing      moe.force_balanced_routing: balanced loads, gates that learn nothing
 #   world_mismatch_error  moe.num_experts not divisible by the world size
 #   rank_killed           SIGKILL to one rank: the launcher tears down the job, names it; resume
@@ -274,6 +275,24 @@ for name, runs in (("shm", shm), ("barrier", on)):
         assert 0 <= r["transfer_overlap"] <= 1, r
     print(f"{name}: peer wait per step (ms):", " ".join(f"{r['peer_wait_ms']:.2f}/{r['comm_ms']:.2f}" for r in runs))
 PY
+  ;;
+pipeline_2ranks)
+  # Chunked pipelining on 2 ranks (fixed slots, each slot's used rows packed for the exchange, 3 chunks,
+  # on the communication stream) against the unpipelined packed layout and one rank: the same training
+  # (float64; expert gradients summed over chunks in another order), drops included.
+  common=("${TINY[@]}" "${MOE[@]}" --set model.arch=moe --set moe.capacity_factor=0.5 --set train.dtype=float64
+          --set train.max_steps=4 --set train.eval_every=4 --set checkpoint.every=0
+          --set comm.simulate_link.bandwidth_gb_s=5)
+  run_w 2 p1.log "${common[@]}" --set train.batch_size=4 --set train.out_dir="$WORK/p1" || { tail -30 p1.log; fail "P=1 run failed"; }
+  run_w 2 p3.log "${common[@]}" --set train.batch_size=4 --set moe.pipeline_degree=3 --set train.out_dir="$WORK/p3" ||
+    { tail -30 p3.log; fail "P=3 run failed"; }
+  run_w 1 w1.log "${common[@]}" --set train.batch_size=8 --set moe.pipeline_degree=3 --set train.out_dir="$WORK/w1" ||
+    { tail -30 w1.log; fail "1-rank P=3 run failed"; }
+  grep -q '"moe_drop_frac":0\.[0-9]*[1-9]' p3/metrics.jsonl || fail "capacity_factor 0.5 dropped no tokens"
+  ck=checkpoints/step_00000004
+  echo -n "P=3 vs P=1 (2 ranks): " && check metrics p1/metrics.jsonl p3/metrics.jsonl || fail "pipelined metrics differ"
+  echo -n "P=3 vs P=1 (2 ranks): " && check weights p1/$ck p3/$ck || fail "pipelined weights differ"
+  echo -n "2 ranks vs 1 (P=3): " && check metrics w1/metrics.jsonl p3/metrics.jsonl || fail "2-rank pipelined metrics differ from 1 rank"
   ;;
 balanced_routing)
   # moe.force_balanced_routing (benchmarks): random router logits keep every expert's load near the mean
