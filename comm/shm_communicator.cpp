@@ -134,12 +134,13 @@ class ShmCommunicator : public Communicator {
     size_ = data_at_ + pairs * slot_;
 
     char name[64] = {0};
-    std::string error;
+    std::string error, created;  // created: the name rank 0 must unlink
     int fd = -1;
     if (rank_ == 0) {
       std::random_device rd;
       std::snprintf(name, sizeof name, "/scmoe-a2a-%d-%08x", int(getpid()), unsigned(rd()));
       fd = shm_open(name, O_CREAT | O_EXCL | O_RDWR, 0600);
+      if (fd >= 0) created = name;
       if (fd < 0) {
         error = std::string("shm_open(") + name + "): " + std::strerror(errno);
       } else if (int rc = posix_fallocate(fd, 0, off_t(size_)); rc != 0) {  // tmpfs full: fail now, not SIGBUS later
@@ -174,7 +175,8 @@ class ShmCommunicator : public Communicator {
     if (error.empty() && ok == world_) store(header().pid[rank_], uint32_t(getpid()));
     int ok2 = error.empty() && ok == world_ ? 1 : 0;
     base_->all_reduce_sum(&ok2, 1, DType::i32, nullptr);
-    if (rank_ == 0 && name[0]) shm_unlink(name);
+    if (!created.empty()) shm_unlink(created.c_str());
+    if (ok2 != world_ && seg_) munmap(seg_, size_), seg_ = nullptr;  // no destructor after a throw
     SCMOE_CHECK(ok2 == world_, where("shared-memory transport setup")
                                    << " failed: " << (error.empty() ? "another rank failed" : error));
   }

@@ -176,15 +176,16 @@ struct MoE {
   void bind_expert_buffers(int le, int64_t first_row) {
     experts[le].h = hidden_h + first_row * F, experts[le].g = hidden_g + first_row * F;
   }
-  // Noisy top-k gating (Shazeer et al.): logits += N(0,1) * softplus(x . W_noise). Each token's noise
-  // comes from a stream keyed by (step draw, layer, global token index), so it is the same whichever
-  // rank holds the token; the trainer's RNG (checkpointed) advances once per forward.
   // moe.force_balanced_routing (benchmarks): logits drawn from N(0, 1), as Megatron-Core's
   // moe_router_force_load_balancing does, so every expert gets about the same number of rows whatever
-  // the gate has learnt; its own stream per layer and rank, so training draws stay as they were.
+  // the gate has learnt. Its own stream per layer and rank, so the training RNG's draws stay as they
+  // were; not checkpointed (a resumed run routes differently).
   void draw_balanced_logits() {
     for (size_t i = 0; i < (size_t)N * E; i++) logits[i] = T(balance_rng.normal());
   }
+  // Noisy top-k gating (Shazeer et al.): logits += N(0,1) * softplus(x . W_noise). Each token's noise
+  // comes from a stream keyed by (step draw, layer, global token index), so it is the same whichever
+  // rank holds the token; the trainer's RNG (checkpointed) advances once per forward.
   void add_gate_noise(Rng& r) {
     noise_gate.forward(noise_pre, x, N);
     const uint64_t base = r.next_u64() ^ (0x9E3779B97F4A7C15ull * (uint64_t)(layer + 1));

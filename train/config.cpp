@@ -87,7 +87,7 @@ const Key kKeys[] = {
     KEY(moe.force_balanced_routing, any(),
         "benchmarks only (cpu backend): route by random logits, as Megatron-Core's moe_router_force_load_balancing, "
         "so expert loads stay balanced and communication is measured apart from load imbalance; the router "
-        "does not learn"),
+        "does not learn, and a resumed run routes differently"),
     KEY(scmoe.position, between(1, 3),
         "routed experts' input: 1 preceding block's output, 2 inside it (after attention), 3 its input"),
     KEY(scmoe.combine, one_of("add|cg1|cg2"),
