@@ -37,7 +37,17 @@ class Stream {
 
 // CPU streams: inline (compute) or a worker thread (communication / copies). Exceptions thrown by
 // enqueued work are captured and rethrown by the next synchronize() on that stream.
-std::unique_ptr<Stream> make_cpu_stream(const std::string& name, bool worker_thread);
+// poll_us: an idle worker first polls its queue (yielding) that long before it sleeps. Which is better
+// depends on who else wants the cores, as measured under Linux's EEVDF scheduler:
+//  - 0 (sleep at once) for a communication stream beside compute threads that hold every core: each
+//    yield pushes the poller's virtual deadline a slice later, so it got its core milliseconds after
+//    its work arrived (an exchange posted at t began at t + 4.8 ms; 2-rank ScMoE overlap 0.89-0.93
+//    polling, 0.98 sleeping; one process on 2 OpenMP threads 0.74-0.86 vs 0.998), and a sleeper wakes
+//    with lag to spend;
+//  - ~2000 for a copy stream fed many small transfers (expert offloading), which must start each at
+//    once even when other processes load the machine: staying runnable keeps its share of a core,
+//    while a sleeper woken behind them started late (test_offload_timing under a CPU hog).
+std::unique_ptr<Stream> make_cpu_stream(const std::string& name, bool worker_thread, int poll_us = 0);
 std::unique_ptr<Event> make_cpu_event();
 
 #ifdef SCMOE_HAVE_CUDA

@@ -191,7 +191,8 @@ class InlineStream : public CpuStreamBase {
 // A side stream: one thread runs a FIFO of tasks, markers and waits in the order they were enqueued.
 class WorkerStream : public CpuStreamBase {
  public:
-  explicit WorkerStream(std::string name) : CpuStreamBase(std::move(name)), thread_([this] { loop(); }) {}
+  WorkerStream(std::string name, int poll_us)
+      : CpuStreamBase(std::move(name)), poll_us_(poll_us), thread_([this] { loop(); }) {}
 
   ~WorkerStream() override {
     drain();
@@ -245,12 +246,13 @@ class WorkerStream : public CpuStreamBase {
     omp_set_num_threads(1);
     std::unique_lock<std::mutex> lock(m_);
     for (;;) {
-      // Sleep until work arrives; no polling with sched_yield first: under Linux's EEVDF scheduler every
-      // yield pushes this thread's virtual deadline a slice later, so a thread that polled got its core
-      // milliseconds after its work arrived while compute threads held both cores (an exchange posted
-      // at t started at t + 4.8 ms; 2-rank ScMoE overlap 0.89-0.93 with polling, 0.98 without, and
-      // 0.74-0.86 vs 0.998 in one process on 2 OpenMP threads). A thread that slept wakes with lag to
-      // spend and runs at once.
+      // Optionally poll (yielding) for poll_us_ before sleeping; see make_cpu_stream for when it pays.
+      for (auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(poll_us_);
+           poll_us_ > 0 && queue_.empty() && !stop_ && std::chrono::steady_clock::now() < until;) {
+        lock.unlock();
+        std::this_thread::yield();
+        lock.lock();
+      }
       work_cv_.wait(lock, [this] { return stop_ || !queue_.empty(); });
       if (queue_.empty()) return;  // stop_ set and nothing left
       std::function<void()> item = std::move(queue_.front());
@@ -265,6 +267,7 @@ class WorkerStream : public CpuStreamBase {
     }
   }
 
+  const int poll_us_;
   std::mutex m_;
   std::condition_variable work_cv_;  // worker: an item arrived or stop
   std::condition_variable idle_cv_;  // host: queue drained and nothing running
@@ -276,8 +279,8 @@ class WorkerStream : public CpuStreamBase {
 
 }  // namespace
 
-std::unique_ptr<Stream> make_cpu_stream(const std::string& name, bool worker_thread) {
-  if (worker_thread) return std::make_unique<WorkerStream>(name);
+std::unique_ptr<Stream> make_cpu_stream(const std::string& name, bool worker_thread, int poll_us) {
+  if (worker_thread) return std::make_unique<WorkerStream>(name, poll_us);
   return std::make_unique<InlineStream>(name);
 }
 

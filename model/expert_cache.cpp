@@ -17,7 +17,7 @@ using Clock = std::chrono::steady_clock;
 }  // namespace
 
 HostLink::HostLink(double gb_s, double latency_us)
-    : gb_s_(gb_s), latency_us_(latency_us), stream_(make_cpu_stream("copy", true)) {}
+    : gb_s_(gb_s), latency_us_(latency_us), stream_(make_cpu_stream("copy", true, /*poll_us=*/2000)) {}
 
 HostLink::~HostLink() {
   try {
