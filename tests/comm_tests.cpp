@@ -346,7 +346,12 @@ int run_failed_peer(Communicator& c, bool hang, double timeout_s) {
 int main(int argc, char** argv) {
   std::string mode;
   bool shm = false;
-  for (int i = 1; i < argc; i++) (std::strcmp(argv[i], "--shm") == 0 ? (void)(shm = true) : (void)(mode = argv[i]));
+  for (int i = 1; i < argc; i++) {
+    if (std::strcmp(argv[i], "--shm") == 0)
+      shm = true;
+    else
+      mode = argv[i];
+  }
   const bool failed_peer = mode == "--dead-peer" || mode == "--hung-peer";
   const double timeout_s = failed_peer ? 5.0 : 30.0;
   int rank = -1;
