@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <memory>
 #include <string>
 #include <thread>
@@ -121,6 +122,31 @@ void test_arrival_time(Communicator& c, bool shm) {
               (arrived - entered) / 1000, (done - entered) / 1000);
   CHECK(arrived >= entered && arrived <= done);
   CHECK(c.rank() == 0 ? arrived - entered < 100e3 : arrived - entered > 200e3);
+}
+
+// Shared memory only, and last (the unread piece stays in its slot): rank 1 expects one element more
+// from rank 0 than rank 0 sends. Rank 1 fails naming the disagreement, after sending everything it
+// owes, so every other rank completes the exchange. Also: rank 0 has unlinked the segment's name.
+void test_shm_bad_splits_and_cleanup(Communicator& c) {
+  const int w = c.world_size(), r = c.rank();
+  if (r == 0) {
+    const std::string mine = "scmoe-a2a-" + std::to_string(getpid()) + "-";
+    bool left_behind = false;
+    for (const auto& e : std::filesystem::directory_iterator("/dev/shm"))
+      left_behind |= e.path().filename().string().rfind(mine, 0) == 0;
+    CHECK(!left_behind);
+  }
+  std::vector<size_t> sc(static_cast<size_t>(w), 2), rc(sc);
+  if (r == 1) rc[0] = 3;
+  auto so = prefix_offsets(sc), ro = prefix_offsets(rc);
+  std::vector<int32_t> send(sum(sc), 5), recv(sum(rc), -1);
+  auto run = [&] { c.all_to_all_v(send.data(), sc, so, recv.data(), rc, ro, DType::i32, nullptr); };
+  if (r == 1) {
+    CHECK_THROWS_WITH(run(), "rank 0 sends 8 bytes, this rank expects 12 (the ranks disagree on the splits)");
+  } else {
+    run();
+    CHECK(recv == std::vector<int32_t>(recv.size(), 5));
+  }
 }
 
 // Rank r sends (r + p) % 3 elements to peer p, so some splits are empty; element j of the split from
@@ -377,6 +403,7 @@ int main(int argc, char** argv) {
     test_barrier(*comm);
     test_on_worker_stream(*comm);
     test_simulated_link(*comm);
+    if (shm) test_shm_bad_splits_and_cleanup(*comm);
     comm->barrier(nullptr);  // nobody tears down while a peer still runs a check
   } catch (const std::exception& e) {
     std::printf("rank %d: error: %s\n", rank, e.what());
