@@ -896,8 +896,11 @@ void bench_moe(Bench& b) {
                    "expert_matmul_forward_grouped proj", "expert_matmul_backward_grouped proj"})) {
     // Balanced groups: N*k rows over E experts, each a [C -> FE] and an [FE -> C] linear layer.
     const int64_t R = int64_t(N) * k;
-    std::vector<int> rows(E, int(R / E));
-    rows[E - 1] += int(R % E);
+    std::vector<int64_t> count(E, R / E), first(E);
+    count[E - 1] += R % E;
+    for (int e = 1; e < E; e++) first[e] = first[e - 1] + count[e - 1];
+    scmoe::GroupRows rows;
+    rows.groups = E, rows.begin = first.data(), rows.count = count.data();
     using TG = float;
     for (const bool up : {true, false}) {
       const int IC = up ? C : FE, OC = up ? FE : C;
@@ -905,23 +908,24 @@ void bench_moe(Bench& b) {
       const std::string fwd = "expert_matmul_forward_grouped " + tag,
                         bwd = "expert_matmul_backward_grouped " + tag;
       if (!b.wants(fwd) && !b.wants(bwd)) continue;
-      const size_t ni = size_t(R) * IC, no = size_t(R) * OC, nw = size_t(E) * OC * IC;
-      DevBuf<T> inp(ni), out(no), W(nw), bias(size_t(E) * OC), dinp(ni);
-      DevBuf<TG> dW(nw), dbias(size_t(E) * OC);
+      // Each expert's weight then bias in one span, as the parameter buffer holds them.
+      const int64_t stride = int64_t(OC) * IC + OC;
+      const size_t ni = size_t(R) * IC, no = size_t(R) * OC, nw = size_t(E) * OC * IC, np = size_t(E) * stride;
+      DevBuf<T> inp(ni), out(no), P(np), dinp(ni);
+      DevBuf<TG> dP(np);
       fill_random(inp.get(), ni, 1.f, 111), fill_random(out.get(), no, 1.f, 112);
-      fill_random(W.get(), nw, 0.02f, 113), fill_random(bias.get(), bias.size(), 0.02f, 114);
-      BENCH_CUDA_CHECK(cudaMemset(dW.get(), 0, dW.bytes()));
-      BENCH_CUDA_CHECK(cudaMemset(dbias.get(), 0, dbias.bytes()));
+      fill_random(P.get(), np, 0.02f, 113);
+      BENCH_CUDA_CHECK(cudaMemset(dP.get(), 0, dP.bytes()));
+      const int64_t bias = int64_t(OC) * IC;
       const std::string sh = shape_str({{"E", E}, {"rows", R}, {"IC", IC}, {"OC", OC}});
       const double flops = 2.0 * double(R) * IC * OC;
       b.time(fwd, dt, sh, (double(ni) + nw + no + double(E) * OC) * s, flops, gemm_rate<T>(), [&] {
-        cu::matmul_forward_grouped<T>(out.get(), inp.get(), W.get(), bias.get(), rows.data(), E, IC, OC,
-                                      b.stream);
+        cu::matmul_forward_grouped<T>(out.get(), inp.get(), P.get(), P.get() + bias, stride, rows, IC, OC, b.stream);
       });
       b.time(bwd, dt, sh, (double(no) + 2.0 * ni + nw) * s + 2.0 * (nw + double(E) * OC) * sizeof(TG),
              2 * flops, gemm_rate<T>(), [&] {
-               cu::matmul_backward_grouped<T, TG>(dinp.get(), dW.get(), dbias.get(), out.get(), inp.get(),
-                                                  W.get(), rows.data(), E, IC, OC, false, b.stream);
+               cu::matmul_backward_grouped<T, TG>(dinp.get(), dP.get(), dP.get() + bias, out.get(), inp.get(),
+                                                  P.get(), stride, rows, IC, OC, false, b.stream);
              });
     }
   }

@@ -32,6 +32,10 @@ class Communicator {
   virtual int rank() const = 0;
   virtual int world_size() const = 0;
   virtual std::string backend() const = 0;  // "gloo" | "nccl" | "single"
+  // True when collectives given a stream are issued on that (device) stream, as NCCL does; false when
+  // they run as host work, in its order or now, as Gloo and shared memory do (on host memory, or on
+  // an emulated device's).
+  virtual bool issues_on_device() const { return false; }
 
   // In-place elementwise sum over ranks of `count` elements.
   virtual void all_reduce_sum(void* buf, size_t count, DType t, Stream* s) = 0;

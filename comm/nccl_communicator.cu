@@ -81,28 +81,29 @@ class NcclCommunicator : public Communicator {
   int rank() const override { return rank_; }
   int world_size() const override { return world_; }
   std::string backend() const override { return "nccl"; }
+  bool issues_on_device() const override { return true; }
 
-  void all_reduce_sum(void* buf, size_t count, DType t, Stream*) override {
+  void all_reduce_sum(void* buf, size_t count, DType t, Stream* s) override {
     if (count == 0) return;
-    SCMOE_NCCL_CHECK(ncclAllReduce(buf, buf, count, nccl_type(t), ncclSum, comm_, stream_));
+    SCMOE_NCCL_CHECK(ncclAllReduce(buf, buf, count, nccl_type(t), ncclSum, comm_, on(s)));
   }
 
-  void all_to_all(const void* send, void* recv, size_t count_per_rank, DType t, Stream*) override {
+  void all_to_all(const void* send, void* recv, size_t count_per_rank, DType t, Stream* s) override {
     if (count_per_rank == 0) return;
     const size_t chunk = count_per_rank * dtype_size(t);
     SCMOE_NCCL_CHECK(ncclGroupStart());
     for (int p = 0; p < world_; ++p) {
-      SCMOE_NCCL_CHECK(ncclSend(byte_at(send, p * chunk), count_per_rank, nccl_type(t), p, comm_, stream_));
-      SCMOE_NCCL_CHECK(ncclRecv(byte_at(recv, p * chunk), count_per_rank, nccl_type(t), p, comm_, stream_));
+      SCMOE_NCCL_CHECK(ncclSend(byte_at(send, p * chunk), count_per_rank, nccl_type(t), p, comm_, on(s)));
+      SCMOE_NCCL_CHECK(ncclRecv(byte_at(recv, p * chunk), count_per_rank, nccl_type(t), p, comm_, on(s)));
     }
     SCMOE_NCCL_CHECK(ncclGroupEnd());
-    delay_stream(chunk * static_cast<size_t>(world_ - 1));
+    delay_stream(chunk * static_cast<size_t>(world_ - 1), on(s));
   }
 
   void all_to_all_v(const void* send, const std::vector<size_t>& send_counts,
                     const std::vector<size_t>& send_offsets, void* recv,
                     const std::vector<size_t>& recv_counts, const std::vector<size_t>& recv_offsets, DType t,
-                    Stream*) override {
+                    Stream* s) override {
     check_v_splits(send_counts, send_offsets, recv_counts, recv_offsets);
     const size_t es = dtype_size(t);
     size_t sent_to_peers = 0;
@@ -111,34 +112,37 @@ class NcclCommunicator : public Communicator {
     for (int p = 0; p < world_; ++p) {
       if (send_counts[p] > 0)
         SCMOE_NCCL_CHECK(
-            ncclSend(byte_at(send, send_offsets[p] * es), send_counts[p], nccl_type(t), p, comm_, stream_));
+            ncclSend(byte_at(send, send_offsets[p] * es), send_counts[p], nccl_type(t), p, comm_, on(s)));
       if (recv_counts[p] > 0)
         SCMOE_NCCL_CHECK(
-            ncclRecv(byte_at(recv, recv_offsets[p] * es), recv_counts[p], nccl_type(t), p, comm_, stream_));
+            ncclRecv(byte_at(recv, recv_offsets[p] * es), recv_counts[p], nccl_type(t), p, comm_, on(s)));
       if (p != rank_) sent_to_peers += send_counts[p] * es;
     }
     SCMOE_NCCL_CHECK(ncclGroupEnd());
-    delay_stream(sent_to_peers);
+    delay_stream(sent_to_peers, on(s));
   }
 
-  void all_gather(const void* send, void* recv, size_t count, DType t, Stream*) override {
+  void all_gather(const void* send, void* recv, size_t count, DType t, Stream* s) override {
     if (count == 0) return;
-    SCMOE_NCCL_CHECK(ncclAllGather(send, recv, count, nccl_type(t), comm_, stream_));
+    SCMOE_NCCL_CHECK(ncclAllGather(send, recv, count, nccl_type(t), comm_, on(s)));
   }
 
-  void broadcast(void* buf, size_t count, DType t, int root, Stream*) override {
+  void broadcast(void* buf, size_t count, DType t, int root, Stream* s) override {
     SCMOE_CHECK(root >= 0 && root < world_, where("broadcast") << ": root " << root << " does not exist");
     if (count == 0) return;
-    SCMOE_NCCL_CHECK(ncclBroadcast(buf, buf, count, nccl_type(t), root, comm_, stream_));
+    SCMOE_NCCL_CHECK(ncclBroadcast(buf, buf, count, nccl_type(t), root, comm_, on(s)));
   }
 
   // NCCL has no barrier: a one-element all-reduce, then the host waits for it like Gloo's barrier.
-  void barrier(Stream*) override {
-    SCMOE_NCCL_CHECK(ncclAllReduce(barrier_buf_, barrier_buf_, 1, ncclFloat32, ncclSum, comm_, stream_));
-    SCMOE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  void barrier(Stream* s) override {
+    SCMOE_NCCL_CHECK(ncclAllReduce(barrier_buf_, barrier_buf_, 1, ncclFloat32, ncclSum, comm_, on(s)));
+    SCMOE_CUDA_CHECK(cudaStreamSynchronize(on(s)));
   }
 
  private:
+  // The stream a collective is issued on: the caller's (a CUDA stream), else the hint.
+  cudaStream_t on(Stream* s) const { return s ? static_cast<cudaStream_t>(s->native_handle()) : stream_; }
+
   void select_device(const ProcessGroupEnv& env) {
     int devices = 0;
     SCMOE_CUDA_CHECK(cudaGetDeviceCount(&devices));
@@ -178,10 +182,10 @@ class NcclCommunicator : public Communicator {
     std::unique_ptr<Delay> d(static_cast<Delay*>(arg));
     d->self->simulate_link_delay(d->bytes);
   }
-  void delay_stream(size_t bytes) {
+  void delay_stream(size_t bytes, cudaStream_t stream) {
     if (!link_.enabled()) return;
     auto d = std::make_unique<Delay>(Delay{this, bytes});
-    SCMOE_CUDA_CHECK(cudaLaunchHostFunc(stream_, run_delay, d.get()));
+    SCMOE_CUDA_CHECK(cudaLaunchHostFunc(stream, run_delay, d.get()));
     d.release();  // owned by the callback now
   }
 

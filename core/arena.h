@@ -20,11 +20,21 @@ class Arena {
     measuring_ = false;
     capacity_ = used_;
     used_ = 0;
+    external_ = nullptr;
     base_.reset(capacity_ ? static_cast<char*>(std::aligned_alloc(kAlign, capacity_)) : nullptr);
     SCMOE_CHECK(capacity_ == 0 || base_, "out of memory allocating the activation arena ("
                                              << capacity_ / (1 << 20) << " MiB)");
   }
 
+  // Ends the measuring pass; buffers are then handed out of `base`, which the caller allocated with
+  // bytes() (a backend's memory: device memory on CUDA).
+  void place_measured(char* base) {
+    measuring_ = false;
+    capacity_ = used_;
+    used_ = 0;
+    base_.reset();
+    external_ = base;
+  }
   template <class T>
   T* alloc(size_t n) {
     size_t bytes = (n * sizeof(T) + kAlign - 1) / kAlign * kAlign;
@@ -32,7 +42,7 @@ class Arena {
     used_ += bytes;
     if (measuring_) return nullptr;
     SCMOE_CHECK(used_ <= capacity_, "arena overflow: layers asked for more than they measured");
-    return reinterpret_cast<T*>(base_.get() + off);
+    return reinterpret_cast<T*>((external_ ? external_ : base_.get()) + off);
   }
 
   size_t bytes() const { return measuring_ ? used_ : capacity_; }
@@ -42,6 +52,7 @@ class Arena {
     void operator()(char* p) const { std::free(p); }
   };
   std::unique_ptr<char, Free> base_;
+  char* external_ = nullptr;
   size_t used_ = 0, capacity_ = 0;
   bool measuring_ = false;
 };

@@ -119,10 +119,14 @@ class CpuStreamBase : public Stream {
 
  protected:
   // Blocks the current thread until p completes, counting the time as this stream's waiting.
-  void block_on(const PointPtr& p) {
+  void block_on(const PointPtr& p, bool spin = false) {
     if (!p || p->done()) return;
     auto t0 = Clock::now();
-    p->block_until_done();
+    if (spin) {
+      while (!p->done()) std::this_thread::yield();
+    } else {
+      p->block_until_done();
+    }
     auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count();
     waited_ns_.fetch_add(static_cast<int64_t>(ns), std::memory_order_relaxed);
   }
@@ -184,7 +188,8 @@ class InlineStream : public CpuStreamBase {
     run_task(fn);
   }
   void record(Event& e) override { as_cpu_event(e).rearm()->complete(); }
-  void wait(Event& e) override { block_on(as_cpu_event(e).current()); }
+  // Yield-spins (see make_cpu_stream): the compute thread resumes at once when the event completes.
+  void wait(Event& e) override { block_on(as_cpu_event(e).current(), /*spin=*/true); }
   void synchronize() override { report_error(); }
 };
 

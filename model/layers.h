@@ -1,72 +1,90 @@
-// The dense building blocks: Linear, Norm (LayerNorm | RMSNorm), causal self-attention and the GELU
-// MLP. Each layer registers its tensors in the ParamTable, binds views into the parameter and gradient
-// buffers, asks the arena for the activations its backward needs, and has forward/backward over N rows.
+// The dense building blocks: Linear, Norm (LayerNorm | RMSNorm), causal self-attention, the GELU MLP
+// and a MoE layer's experts as one grouped MLP. Written once against a backend B (kernels/cpu/backend.h,
+// kernels/cuda/backend.h): each layer binds to its tensors (model/architecture.h) in the weight and
+// gradient buffers, asks the arena for the activations its backward needs, and runs forward/backward
+// over N rows through B's kernels on the compute stream.
 #pragma once
-#include <cmath>
-#include <string>
+#include <cstdint>
+#include <vector>
 
 #include "core/arena.h"
-#include "kernels/ops.h"
-#include "model/params.h"
+#include "kernels/backend_types.h"
+#include "model/architecture.h"
 
 namespace scmoe {
 
-template <class T>
-struct Linear {
-  int in = 0, out = 0;
-  bool has_bias = true;
-  size_t w_off = 0, b_off = 0;
-  T *w = nullptr, *b = nullptr, *dw = nullptr, *db = nullptr;
-
-  void setup(ParamTable& pt, const std::string& name, int in_, int out_, bool bias, double std) {
-    in = in_, out = out_, has_bias = bias;
-    w_off = pt.add(name + ".weight", {out, in}, true, Init::normal, std);
-    if (bias) b_off = pt.add(name + ".bias", {out}, false, Init::zeros);
-  }
-  void bind(T* params, T* grads) {
-    w = params + w_off, dw = grads + w_off;
-    if (has_bias) b = params + b_off, db = grads + b_off;
-  }
-  void forward(T* y, const T* x, int N) const { ops::matmul_forward(y, x, w, b, N, in, out); }
-  void backward(T* dx, const T* dy, const T* x, int N, bool accumulate_dx) const {
-    ops::matmul_backward(dx, dw, db, dy, x, w, N, in, out, accumulate_dx);
+// Views of the model's buffers: weights (T, what the forward reads) and gradients (G). `place` maps a
+// tensor's table index to its offset in the weights buffer where that is laid out otherwise (routed
+// experts kept in host memory when offloaded: kAbsent); null: the table's offsets.
+template <class B>
+struct ParamViews {
+  static constexpr size_t kAbsent = ~size_t(0);
+  const typename B::T* weights = nullptr;
+  typename B::G* grads = nullptr;  // null: inference (no gradients)
+  const std::vector<size_t>* place = nullptr;
+  template <class X>
+  X* at(X* base, const TensorRef& t) const {
+    if (!base || !t.present()) return nullptr;
+    const size_t off = place ? (*place)[t.index] : t.offset;
+    return off == kAbsent ? nullptr : base + off;
   }
 };
 
-template <class T>
+template <class B>
+struct Linear {
+  using T = typename B::T;
+  using G = typename B::G;
+  B* k = nullptr;
+  int in = 0, out = 0;
+  const T *w = nullptr, *b = nullptr;
+  G *dw = nullptr, *db = nullptr;
+
+  void bind(B& kernels, const LinearParams& p, const ParamViews<B>& v) {
+    k = &kernels, in = p.in, out = p.out;
+    w = v.at(v.weights, p.w), b = v.at(v.weights, p.b);
+    dw = v.at(v.grads, p.w), db = v.at(v.grads, p.b);
+  }
+  void forward(T* y, const T* x, int N) const { k->matmul_forward(y, x, w, b, N, in, out); }
+  void backward(T* dx, const T* dy, const T* x, int N, bool accumulate_dx) const {
+    k->matmul_backward(dx, dw, db, dy, x, w, N, in, out, accumulate_dx);
+  }
+};
+
+template <class B>
 struct Norm {
+  using T = typename B::T;
+  using G = typename B::G;
+  using S = typename B::S;
+  B* k = nullptr;
   int C = 0;
   bool rms = false;
-  size_t w_off = 0, b_off = 0;
-  T *w = nullptr, *b = nullptr, *dw = nullptr, *db = nullptr;
-  T *mean = nullptr, *rstd = nullptr;  // per-row statistics saved by forward
+  const T *w = nullptr, *b = nullptr;
+  G *dw = nullptr, *db = nullptr;
+  S *mean = nullptr, *rstd = nullptr;  // per-row statistics saved by forward
 
-  void setup(ParamTable& pt, const std::string& name, int C_, bool rms_) {
-    C = C_, rms = rms_;
-    w_off = pt.add(name + ".weight", {C}, false, Init::ones);
-    if (!rms) b_off = pt.add(name + ".bias", {C}, false, Init::zeros);
-  }
-  void bind(T* params, T* grads) {
-    w = params + w_off, dw = grads + w_off;
-    if (!rms) b = params + b_off, db = grads + b_off;
+  void bind(B& kernels, const NormParams& p, const ParamViews<B>& v) {
+    k = &kernels, C = p.C, rms = p.rms;
+    w = v.at(v.weights, p.w), b = v.at(v.weights, p.b);
+    dw = v.at(v.grads, p.w), db = v.at(v.grads, p.b);
   }
   void alloc(Arena& a, int N) {
-    mean = a.alloc<T>(N);
-    rstd = a.alloc<T>(N);
+    mean = a.alloc<S>(N);
+    rstd = a.alloc<S>(N);
   }
-  void forward(T* y, const T* x, int N) {
-    if (rms) ops::rmsnorm_forward(y, rstd, x, w, N, C);
-    else ops::layernorm_forward(y, mean, rstd, x, w, b, N, C);
+  void forward(T* y, const T* x, int N) { k->norm_forward(y, mean, rstd, x, w, b, N, C, rms); }
+  // resid = a + r, then y = norm(resid), in one pass where the backend fuses them.
+  void residual_forward(T* resid, T* y, const T* a, const T* r, int N) {
+    k->residual_norm_forward(resid, y, mean, rstd, a, r, w, b, N, C, rms);
   }
   void backward(T* dx, const T* dy, const T* x, int N, bool accumulate_dx) {
-    if (rms) ops::rmsnorm_backward(dx, dw, dy, x, w, rstd, N, C, accumulate_dx);
-    else ops::layernorm_backward(dx, dw, db, dy, x, w, mean, rstd, N, C, accumulate_dx);
+    k->norm_backward(dx, dw, db, dy, x, w, mean, rstd, N, C, rms, accumulate_dx);
   }
 };
 
 // Scratch gradient buffers shared by all layers of a model (backward runs one layer at a time).
-template <class T>
+template <class B>
 struct GradScratch {
+  using T = typename B::T;
   T *dqkv = nullptr, *datty = nullptr, *dh = nullptr, *dg = nullptr, *dnorm = nullptr;
   T *du = nullptr, *dgate = nullptr;
   void alloc(Arena& a, int N, int C, int F) {
@@ -80,66 +98,116 @@ struct GradScratch {
   }
 };
 
-template <class T>
+template <class B>
 struct Attention {
-  int B = 0, Tn = 0, C = 0, H = 0;
-  Linear<T> qkv, proj;
-  T *qkv_out = nullptr, *att = nullptr, *atty = nullptr;
+  using T = typename B::T;
+  using S = typename B::S;
+  B* k = nullptr;
+  int Bn = 0, Tn = 0, C = 0, H = 0;
+  Linear<B> qkv, proj;
+  T *qkv_out = nullptr, *atty = nullptr;
+  AttentionBuffers<T, S> buf;  // what the backend's attention saves (and its scratch, shared)
 
-  void setup(ParamTable& pt, const std::string& name, int C_, int H_, double std, double proj_std) {
-    C = C_, H = H_;
-    qkv.setup(pt, name + ".qkv", C, 3 * C, true, std);
-    proj.setup(pt, name + ".proj", C, C, true, proj_std);
+  void bind(B& kernels, const AttentionParams& p, const ParamViews<B>& v) {
+    k = &kernels, C = p.qkv.in, H = p.heads;
+    qkv.bind(kernels, p.qkv, v), proj.bind(kernels, p.proj, v);
   }
-  void bind(T* p, T* g) { qkv.bind(p, g), proj.bind(p, g); }
-  void alloc(Arena& a, int B_, int T_) {
-    B = B_, Tn = T_;
-    qkv_out = a.alloc<T>((size_t)B * Tn * 3 * C);
-    att = a.alloc<T>((size_t)B * H * Tn * Tn);
-    atty = a.alloc<T>((size_t)B * Tn * C);
+  // scratch: shared by every layer (only live during one call); sized by the caller.
+  void alloc(Arena& a, int B_, int T_, T* scratch, S* scratch_s) {
+    Bn = B_, Tn = T_;
+    const AttentionSizes s = k->attention_sizes(Bn, Tn, C, H);
+    qkv_out = a.alloc<T>((size_t)Bn * Tn * 3 * C);
+    atty = a.alloc<T>((size_t)Bn * Tn * C);
+    buf.saved = a.alloc<T>(s.saved), buf.saved_s = a.alloc<S>(s.saved_s);
+    buf.scratch = scratch, buf.scratch_s = scratch_s;
   }
   void forward(T* y, const T* x) {
-    int N = B * Tn;
+    const int N = Bn * Tn;
     qkv.forward(qkv_out, x, N);
-    ops::attention_forward(atty, att, qkv_out, B, Tn, C, H);
+    k->attention_forward(atty, qkv_out, buf, Bn, Tn, C, H);
     proj.forward(y, atty, N);
   }
   // dx receives the gradient w.r.t. x (overwritten).
-  void backward(T* dx, const T* dy, const T* x, GradScratch<T>& s) {
-    int N = B * Tn;
+  void backward(T* dx, const T* dy, const T* x, GradScratch<B>& s) {
+    const int N = Bn * Tn;
     proj.backward(s.datty, dy, atty, N, false);
-    ops::attention_backward(s.dqkv, s.datty, qkv_out, att, B, Tn, C, H);
+    k->attention_backward(s.dqkv, s.datty, qkv_out, atty, buf, Bn, Tn, C, H);
     qkv.backward(dx, s.dqkv, x, N, false);
   }
 };
 
-template <class T>
+template <class B>
 struct MLP {
+  using T = typename B::T;
+  B* k = nullptr;
   int C = 0, F = 0, N = 0;
-  Linear<T> fc, proj;
+  Linear<B> fc, proj;
   T *h = nullptr, *g = nullptr;  // pre- and post-GELU hidden activations
 
-  void setup(ParamTable& pt, const std::string& name, int C_, int F_, double std, double proj_std) {
-    C = C_, F = F_;
-    fc.setup(pt, name + ".fc", C, F, true, std);
-    proj.setup(pt, name + ".proj", F, C, true, proj_std);
+  void bind(B& kernels, const MlpParams& p, const ParamViews<B>& v) {
+    k = &kernels, C = p.fc.in, F = p.fc.out;
+    fc.bind(kernels, p.fc, v), proj.bind(kernels, p.proj, v);
   }
-  void bind(T* p, T* gr) { fc.bind(p, gr), proj.bind(p, gr); }
   void alloc(Arena& a, int N_) {
     N = N_;
     h = a.alloc<T>((size_t)N * F);
     g = a.alloc<T>((size_t)N * F);
   }
-  // Runs on the first `rows` rows (experts run on a variable number of routed tokens).
+  // Runs on the first `rows` rows.
   void forward(T* y, const T* x, int rows) {
     fc.forward(h, x, rows);
-    ops::gelu_forward(g, h, (int64_t)rows * F);
+    k->gelu_forward(g, h, (int64_t)rows * F);
     proj.forward(y, g, rows);
   }
-  void backward(T* dx, const T* dy, const T* x, int rows, GradScratch<T>& s, bool accumulate_dx) {
+  void backward(T* dx, const T* dy, const T* x, int rows, GradScratch<B>& s, bool accumulate_dx) {
     proj.backward(s.dg, dy, g, rows, false);
-    ops::gelu_backward(s.dh, h, s.dg, (int64_t)rows * F);
+    k->gelu_backward(s.dh, h, s.dg, (int64_t)rows * F);
     fc.backward(dx, s.dh, x, rows, accumulate_dx);
+  }
+};
+
+// A MoE layer's local experts as one grouped MLP (Megatron-Core's GroupedMLP): expert le's weights at
+// the first expert's + le * stride, its rows given by GroupRows. One grouped product per linear layer
+// (a batched GEMM where every group runs the same number of rows), GELU over the groups' rows. The
+// hidden activations are saved per row, so forward and backward must see the same rows.
+template <class B>
+struct ExpertMLPs {
+  using T = typename B::T;
+  using G = typename B::G;
+  B* k = nullptr;
+  int C = 0, F = 0, count = 0;
+  size_t stride = 0;
+  const T *w1 = nullptr, *b1 = nullptr, *w2 = nullptr, *b2 = nullptr;
+  G *dw1 = nullptr, *db1 = nullptr, *dw2 = nullptr, *db2 = nullptr;
+
+  void bind(B& kernels, const ExpertParams& p, const ParamViews<B>& v) {
+    k = &kernels, C = p.first.fc.in, F = p.first.fc.out, count = p.count, stride = p.stride;
+    w1 = v.at(v.weights, p.first.fc.w), b1 = v.at(v.weights, p.first.fc.b);
+    w2 = v.at(v.weights, p.first.proj.w), b2 = v.at(v.weights, p.first.proj.b);
+    dw1 = v.at(v.grads, p.first.fc.w), db1 = v.at(v.grads, p.first.fc.b);
+    dw2 = v.at(v.grads, p.first.proj.w), db2 = v.at(v.grads, p.first.proj.b);
+  }
+  // ye = MLP_g(xe) on each group's rows; h, g: the hidden activations of those rows ([rows, F]).
+  void forward(T* ye, const T* xe, T* h, T* g, const GroupRows& rows) {
+    k->grouped_matmul_forward(h, xe, w1, b1, stride, rows, C, F);
+    gelu(rows, [&](int64_t first, int64_t n) { k->gelu_forward(g + first * F, h + first * F, n * F); });
+    k->grouped_matmul_forward(ye, g, w2, b2, stride, rows, F, C);
+  }
+  // dxe overwritten; weight gradients accumulated. dh, dg: scratch of the hidden size.
+  void backward(T* dxe, const T* dye, const T* xe, const T* h, const T* g, T* dh, T* dg, const GroupRows& rows) {
+    k->grouped_matmul_backward(dg, dw2, db2, dye, g, w2, stride, rows, F, C, false);
+    gelu(rows, [&](int64_t first, int64_t n) { k->gelu_backward(dh + first * F, h + first * F, dg + first * F, n * F); });
+    k->grouped_matmul_backward(dxe, dw1, db1, dh, xe, w1, stride, rows, C, F, false);
+  }
+
+ private:
+  // GELU over the groups' rows: one launch when they are uniform, else group by group (rows between
+  // groups are not part of any).
+  template <class Fn>
+  static void gelu(const GroupRows& rows, Fn&& fn) {
+    if (rows.uniform()) return fn(0, int64_t(rows.groups) * rows.rows);
+    for (int gi = 0; gi < rows.groups; gi++)
+      if (rows.size(gi) > 0) fn(rows.first(gi), rows.size(gi));
   }
 };
 

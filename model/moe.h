@@ -1,8 +1,8 @@
 // A mixture-of-experts layer, split as Megatron-Core splits it: router (gate logits, softmax, top-k,
-// losses) -> dispatcher (rows to the experts' ranks, capacity) -> experts (GELU MLPs on their rows)
-// -> combine (rows back, weighted by the gates). Only the dispatcher knows about other ranks; the
-// router's statistics (aux / z losses) are reduced over ranks so every loss and gradient equals the
-// single-process one on the same global batch.
+// losses) -> dispatcher (rows to the experts' ranks, capacity) -> experts (GELU MLPs on their rows,
+// one grouped product) -> combine (rows back, weighted by the gates). Only the dispatcher knows about
+// other ranks; the router's statistics (aux / z losses) are reduced over ranks so every loss and
+// gradient equals the single-process one on the same global batch. Written once for both backends.
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -13,7 +13,6 @@
 #include "core/rng.h"
 #include "model/dispatcher.h"
 #include "model/layers.h"
-#include "train/config.h"
 
 namespace scmoe {
 
@@ -25,40 +24,54 @@ struct MoeStats {
   std::vector<int64_t> tokens_per_expert;  // [E] admitted rows; zeros for experts on other ranks
 };
 
-template <class T>
+// Gate noise for one MoE layer (Shazeer et al.'s noisy top-k): eps ~ N(0,1) per (token, expert) from a
+// stream keyed by (a step draw, the layer, the global token index), so a token's noise is the same
+// whichever rank holds it; `rng` (the trainer's, checkpointed) advances once per layer and forward.
+template <class S>
+void draw_gate_noise(Rng& rng, int layer, int64_t first_token, int N, int E, S* eps) {
+  const uint64_t base = rng.next_u64() ^ (0x9E3779B97F4A7C15ull * (uint64_t)(layer + 1));
+  for (int n = 0; n < N; n++) {
+    Rng tr(base + 0xD1B54A32D192ED03ull * (uint64_t)(first_token + n));
+    for (int e = 0; e < E; e++) eps[(size_t)n * E + e] = S(tr.normal());
+  }
+}
+
+template <class B>
 struct MoE {
-  int N = 0, C = 0, F = 0, E = 0, k = 1, W = 1, El = 0, first_expert = 0, layer = 0;
+  using T = typename B::T;
+  using S = typename B::S;
+  using Acc = typename B::Acc;
+  B* k = nullptr;
+  int N = 0, C = 0, F = 0, E = 0, kc = 1, W = 1, El = 0, first_expert = 0, layer = 0;
   bool renormalize = true, noise = false, force_balanced = false;
   Rng balance_rng;
   double capacity_factor = 0, aux_coef = 0, z_coef = 0;
   int pipeline_degree = 1;
   Communicator* comm = nullptr;
-  Linear<T> gate, noise_gate;
-  std::vector<MLP<T>> experts;  // this rank's experts: global ids first_expert .. first_expert+El-1
-  Dispatcher<T> dispatcher;
-  MoeStats stats;
+  Linear<B> gate, noise_gate;
+  ExpertMLPs<B> experts;  // this rank's experts: global ids first_expert .. first_expert+El-1
+  Dispatcher<B> dispatcher;
 
   // saved by forward
-  T *logits = nullptr, *probs = nullptr, *topk_gate = nullptr, *xe = nullptr, *ye = nullptr;
-  T *noise_pre = nullptr, *noise_eps = nullptr, *hidden_h = nullptr, *hidden_g = nullptr;
+  T *logits = nullptr, *xe = nullptr, *ye = nullptr, *noise_pre = nullptr, *hidden_h = nullptr, *hidden_g = nullptr;
+  S *probs = nullptr, *topk_gate = nullptr, *noise_eps = nullptr;
   int32_t* topk_idx = nullptr;
-  std::vector<int64_t> route_counts;  // global assignments per expert before capacity
-  std::vector<double> pmean;
+  int64_t* route_counts = nullptr;  // assignments per expert before capacity (global after the reduce)
+  Acc *pmean = nullptr, *losses = nullptr;  // losses: {aux, z} (global after the reduce)
   const T* x = nullptr;
   int64_t N_global = 0;
   // backward scratch; dx is this layer's gradient w.r.t. its input (read by whoever owns the input)
-  T *dlogits = nullptr, *dgate = nullptr, *dye = nullptr, *dxe = nullptr, *dh = nullptr, *dg = nullptr;
+  T *dlogits = nullptr, *dye = nullptr, *dxe = nullptr, *dh = nullptr, *dg = nullptr;
+  S* dgate = nullptr;
   T* dx = nullptr;
 
-  void setup(ParamTable& pt, const std::string& name, const ModelConfig& mc, const MoeConfig& moe, int top_k,
-             int layer_index, Communicator* c) {
-    C = mc.d_model, F = moe.d_expert > 0 ? moe.d_expert : mc.d_ff, E = moe.num_experts, k = top_k;
+  void setup(B& kernels, const BlockArch& ba, const Config& cfg, int top_k, int layer_index, Communicator* c) {
+    k = &kernels;
+    const MoeConfig& moe = cfg.moe;
+    C = ba.gate.in, F = ba.experts.first.fc.out, E = ba.gate.out, kc = top_k;
     layer = layer_index, comm = c;
     W = c ? c->world_size() : 1;
-    SCMOE_CHECK(E % W == 0, "moe.num_experts (" << E << ") must be divisible by the world size (" << W
-                                                << ") for expert parallelism");
-    El = E / W;
-    first_expert = (c ? c->rank() : 0) * El;
+    El = ba.experts.count, first_expert = ba.experts.first_expert;
     renormalize = moe.renormalize, noise = moe.gate_noise, force_balanced = moe.force_balanced_routing;
     balance_rng = Rng(hash_string("balanced-routing", (uint64_t)layer_index * 1000003u + (c ? c->rank() : 0)));
     capacity_factor = moe.capacity_factor, aux_coef = moe.aux_loss_coef, z_coef = moe.z_loss_coef;
@@ -66,47 +79,46 @@ struct MoE {
     SCMOE_CHECK(pipeline_degree == 1 || capacity_factor > 0,
                 "moe.pipeline_degree " << pipeline_degree << " needs fixed-size exchanges: set moe.capacity_factor > 0 "
                                        "(dropless exchanges are sized by the data)");
-    double proj_std = mc.init_std / std::sqrt(2.0 * mc.n_layer);
-    gate.setup(pt, name + ".gate", C, E, false, mc.init_std);
-    if (noise) noise_gate.setup(pt, name + ".noise", C, E, false, mc.init_std);
-    experts.resize(El);
-    for (int le = 0; le < El; le++)
-      experts[le].setup(pt, name + ".experts." + std::to_string(first_expert + le), C, F, mc.init_std, proj_std);
-    dispatcher.setup(E, k, C, c);
-    dispatcher.layer = layer_index;
-    route_counts.assign(E, 0), pmean.assign(E, 0);
+    dispatcher.setup(kernels, E, kc, C, c, layer_index);
   }
-  void bind(T* p, T* g) {
-    gate.bind(p, g);
-    if (noise) noise_gate.bind(p, g);
-    for (auto& ex : experts) ex.bind(p, g);
+  void bind(const BlockArch& ba, const ParamViews<B>& v) {
+    gate.bind(*k, ba.gate, v);
+    if (noise) noise_gate.bind(*k, ba.noise, v);
+    experts.bind(*k, ba.experts, v);
   }
   void alloc(Arena& a, int N_) {
     N = N_;
     N_global = (int64_t)N * W;
-    size_t NE = (size_t)N * E, Nk = (size_t)N * k, rows = Nk * W;  // rows: the most this rank can admit
-    logits = a.alloc<T>(NE), probs = a.alloc<T>(NE), dlogits = a.alloc<T>(NE);
-    if (noise) noise_pre = a.alloc<T>(NE), noise_eps = a.alloc<T>(NE);
+    const size_t NE = (size_t)N * E, Nk = (size_t)N * kc;
+    logits = a.alloc<T>(NE), probs = a.alloc<S>(NE), dlogits = a.alloc<T>(NE);
+    if (noise) noise_pre = a.alloc<T>(NE), noise_eps = a.alloc<S>(NE);
     topk_idx = a.alloc<int32_t>(Nk);
-    topk_gate = a.alloc<T>(Nk), dgate = a.alloc<T>(Nk);
+    topk_gate = a.alloc<S>(Nk), dgate = a.alloc<S>(Nk);
+    route_counts = a.alloc<int64_t>(E), pmean = a.alloc<Acc>(E), losses = a.alloc<Acc>(2);
+    dx = a.alloc<T>((size_t)N * C);
+    // With a capacity factor a backend that reads no counts (a device) exchanges fixed-size slots and
+    // admits on the device; chunked pipelining needs those slots on any backend. Otherwise only the
+    // rows that exist travel (the packed layout: 4x fewer at capacity_factor 2 on 2 ranks).
+    const bool fixed = capacity_factor > 0 && (pipeline_degree > 1 || !B::kHostMemory);
+    dispatcher.alloc(a, N, capacity(), fixed, pipeline_degree);
+    const size_t rows = dispatcher.expert_buffer_rows();
     xe = a.alloc<T>(rows * C), ye = a.alloc<T>(rows * C), dye = a.alloc<T>(rows * C), dxe = a.alloc<T>(rows * C);
     hidden_h = a.alloc<T>(rows * F), hidden_g = a.alloc<T>(rows * F);
     dh = a.alloc<T>(rows * F), dg = a.alloc<T>(rows * F);
-    dx = a.alloc<T>((size_t)N * C);
-    // The packed layout moves only the rows that exist; the fixed one pads every (source, expert) pair
-    // to the capacity (4x the rows with capacity_factor 2 on 2 ranks), which only chunked pipelining
-    // needs here (the counts are exchanged first either way on the CPU).
-    dispatcher.alloc(a, N, capacity(), capacity_factor > 0 && pipeline_degree > 1, pipeline_degree);
+    host_eps_.resize(noise ? NE : 0);
+    host_logits_.resize(force_balanced ? NE : 0);
   }
 
   // Rows per expert over the global batch (DESIGN.md section 3); dropless when capacity_factor <= 0.
   int64_t capacity() const {
-    if (capacity_factor <= 0) return N_global * k;
-    return std::min<int64_t>((int64_t)k * (int64_t)std::ceil(capacity_factor * N_global / E), N_global);
+    if (capacity_factor <= 0) return N_global * kc;
+    return std::min<int64_t>((int64_t)kc * (int64_t)std::ceil(capacity_factor * N_global / E), N_global);
   }
 
-  // y[N,C] = MoE(x) in three phases, so the model can compute between them while rows travel:
+  // y[N,C] = MoE(x) in phases, so the model can compute between them while rows travel:
   //   begin:   gate, router, plan; rows posted to the experts' ranks ("gate and encode")
+  //   post:    (a device without fixed sizes) reads the counts and posts the rows, once the backbone
+  //            work that overlaps the dispatch is queued
   //   compute: rows received, experts run, outputs posted back (the expert slot)
   //   finish:  outputs received and combined with the gates into y ("decode")
   // `rng` draws the gate noise in training (nullptr: no noise, e.g. evaluation).
@@ -114,28 +126,31 @@ struct MoE {
     x = x_;
     gate.forward(logits, x, N);
     noise_applied = noise && rng;
-    if (noise_applied) add_gate_noise(*rng);
+    if (noise_applied) {  // logits += eps * softplus(x . W_noise)
+      noise_gate.forward(noise_pre, x, N);
+      draw_gate_noise(*rng, layer, (int64_t)(comm ? comm->rank() : 0) * N, N, E, host_eps_.data());
+      k->upload(noise_eps, host_eps_.data(), host_eps_.size());
+      k->gate_noise_forward(logits, noise_pre, noise_eps, (int64_t)N * E);
+    }
     if (force_balanced) draw_balanced_logits();
-    auto L = ops::router_forward(logits, N, E, k, renormalize, probs, topk_idx, topk_gate, pmean.data(),
-                                 route_counts.data());
-    reduce_router_stats(L);
+    k->router_forward(logits, N, E, kc, renormalize, probs, topk_idx, topk_gate, pmean, route_counts, losses);
+    if (W > 1) k->router_stats_pack(dispatcher.stats_buf, route_counts, pmean, losses, N, E);
     dispatcher.dispatch_begin(x, topk_idx);
   }
+  void forward_post() { dispatcher.dispatch_post(); }
   // Chunk by chunk (moe.pipeline_degree): chunk c's experts run while later chunks are still arriving.
   void forward_compute() {
     for (int c = 0; c < dispatcher.P; c++) {
+      const int64_t r = dispatcher.first_row(c);
       dispatcher.dispatch_finish(c, xe);
-      for (int le = 0; le < El; le++) {
-        const int64_t b = dispatcher.seg_begin(c, le);
-        bind_expert_buffers(le, b);
-        experts[le].forward(ye + b * C, xe + b * C, (int)(dispatcher.seg_end(c, le) - b));
-      }
+      experts.forward(ye + r * C, xe + r * C, hidden_h + r * F, hidden_g + r * F, dispatcher.expert_rows(c));
       dispatcher.combine_begin(c, ye);
     }
   }
   void forward_finish(T* y) {
     dispatcher.combine_finish(y, topk_gate);
-    record_load();
+    // The global counts and losses arrived on the side stream before the combine.
+    if (W > 1) k->router_stats_unpack(route_counts, losses, dispatcher.stats_buf, N_global, kc, E);
   }
 
   // Backward in the mirrored phases. dy: gradient of the output. loss_scale: d(objective)/d(this
@@ -144,89 +159,54 @@ struct MoE {
   void backward_begin(const T* dy) { dispatcher.combine_backward_begin(dgate, dy, topk_gate); }
   void backward_compute() {
     for (int c = 0; c < dispatcher.P; c++) {
+      const int64_t r = dispatcher.first_row(c);
       dispatcher.combine_backward_finish(c, dye);
-      for (int le = 0; le < El; le++) {
-        const int64_t b = dispatcher.seg_begin(c, le);
-        bind_expert_buffers(le, b);
-        GradScratch<T> s;
-        s.dh = dh + b * F, s.dg = dg + b * F;
-        experts[le].backward(dxe + b * C, dye + b * C, xe + b * C, (int)(dispatcher.seg_end(c, le) - b), s, false);
-      }
+      experts.backward(dxe + r * C, dye + r * C, xe + r * C, hidden_h + r * F, hidden_g + r * F, dh + r * F,
+                       dg + r * F, dispatcher.expert_rows(c));
       dispatcher.dispatch_backward_begin(c, dxe);
     }
   }
   void backward_finish(double loss_scale) {
     dispatcher.dispatch_backward_finish(dx);
     // The kernel normalises by the local N; the losses are means over N_global tokens with global
-    // counts, hence the extra N / N_global factors (both 1 in a single process).
+    // counts, hence the extra N / N_global factor on aux (1 in a single process).
     const double f = double(N) / double(N_global);
-    ops::router_backward(dlogits, dgate, logits, probs, topk_idx, route_counts.data(), N, E, k, renormalize,
-                         aux_coef * loss_scale * f, z_coef * loss_scale);
-    if (force_balanced) std::fill(dlogits, dlogits + (size_t)N * E, T(0));  // the drawn logits are constants
+    k->router_backward(dlogits, dgate, logits, probs, topk_idx, route_counts, N, E, kc, renormalize,
+                       aux_coef * loss_scale * f, z_coef * loss_scale);
+    if (force_balanced) k->zero(dlogits, (size_t)N * E);  // the drawn logits are constants
     gate.backward(dx, dlogits, x, N, true);
-    if (noise_applied) {
-      // d(noise_pre) = dlogits * eps * softplus'(noise_pre); reuse dlogits in place.
-      for (size_t i = 0; i < (size_t)N * E; i++) dlogits[i] *= noise_eps[i] / (T(1) + std::exp(-noise_pre[i]));
+    if (noise_applied) {  // d(noise_pre) = dlogits * eps * softplus'(noise_pre), in place
+      k->gate_noise_backward(dlogits, noise_pre, noise_eps, (int64_t)N * E);
       noise_gate.backward(dx, dlogits, x, N, true);
     }
   }
 
- private:
-  // Points an expert's saved activations at its segment's rows (segments never share rows).
-  void bind_expert_buffers(int le, int64_t first_row) {
-    experts[le].h = hidden_h + first_row * F, experts[le].g = hidden_g + first_row * F;
+  // What the last forward observed (host reads: call after the streams are synchronised).
+  MoeStats read_stats() {
+    MoeStats s;
+    Acc l[2];
+    k->download(l, losses, 2);
+    s.aux = double(l[0]), s.z = double(l[1]);
+    s.tokens_per_expert.assign(E, 0);
+    const std::vector<int64_t> rows = dispatcher.read_expert_rows();
+    for (int le = 0; le < El; le++) s.tokens_per_expert[first_expert + le] = rows[le];
+    s.dropped = dispatcher.read_dropped();
+    s.assignments = (int64_t)N * kc;  // this rank's tokens' choices (summed over ranks by the trainer)
+    return s;
   }
+
+ private:
   // moe.force_balanced_routing (benchmarks): logits drawn from N(0, 1), as Megatron-Core's
   // moe_router_force_load_balancing does, so every expert gets about the same number of rows whatever
   // the gate has learnt. Its own stream per layer and rank, so the training RNG's draws stay as they
   // were; not checkpointed (a resumed run routes differently).
   void draw_balanced_logits() {
-    for (size_t i = 0; i < (size_t)N * E; i++) logits[i] = T(balance_rng.normal());
-  }
-  // Noisy top-k gating (Shazeer et al.): logits += N(0,1) * softplus(x . W_noise). Each token's noise
-  // comes from a stream keyed by (step draw, layer, global token index), so it is the same whichever
-  // rank holds the token; the trainer's RNG (checkpointed) advances once per forward.
-  void add_gate_noise(Rng& r) {
-    noise_gate.forward(noise_pre, x, N);
-    const uint64_t base = r.next_u64() ^ (0x9E3779B97F4A7C15ull * (uint64_t)(layer + 1));
-    const int64_t first_token = (int64_t)(comm ? comm->rank() : 0) * N;
-    for (int n = 0; n < N; n++) {
-      Rng tr(base + 0xD1B54A32D192ED03ull * (uint64_t)(first_token + n));
-      for (int e = 0; e < E; e++) {
-        size_t i = (size_t)n * E + e;
-        noise_eps[i] = T(tr.normal());
-        T z = noise_pre[i];
-        T softplus = z > T(20) ? z : std::log1p(std::exp(z));
-        logits[i] += noise_eps[i] * softplus;
-      }
-    }
-  }
-  // aux = E * sum_e pmean_e * f_e and z = mean lse^2 over the global batch: sum the per-rank parts.
-  void reduce_router_stats(const ops::RouterLosses& L) {
-    if (W == 1) {
-      stats.aux = L.aux, stats.z = L.z;
-      return;
-    }
-    std::vector<double> buf(2 * E + 1);
-    for (int e = 0; e < E; e++) buf[e] = double(route_counts[e]), buf[E + e] = pmean[e] * N;
-    buf[2 * E] = L.z * N;
-    dispatcher.run_blocking([&] { comm->all_reduce_sum(buf.data(), buf.size(), DType::f64, nullptr); });
-    double aux = 0;
-    for (int e = 0; e < E; e++) {
-      route_counts[e] = (int64_t)std::llround(buf[e]);
-      pmean[e] = buf[E + e] / N_global;
-      aux += pmean[e] * buf[e] / double(N_global * k);
-    }
-    stats.aux = aux * E;
-    stats.z = buf[2 * E] / N_global;
-  }
-  void record_load() {
-    stats.tokens_per_expert.assign(E, 0);
-    for (int le = 0; le < El; le++) stats.tokens_per_expert[first_expert + le] = dispatcher.expert_rows(le);
-    stats.dropped = dispatcher.dropped;
-    stats.assignments = (int64_t)N * k;  // this rank's tokens' choices (summed over ranks by the trainer)
+    for (T& v : host_logits_) v = T(balance_rng.normal());
+    k->upload(logits, host_logits_.data(), host_logits_.size());
   }
   bool noise_applied = false;
+  std::vector<S> host_eps_;
+  std::vector<T> host_logits_;
 };
 
 }  // namespace scmoe

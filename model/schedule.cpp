@@ -46,6 +46,7 @@ std::vector<Action> forward_plan(int n_layer, const std::vector<BranchTap>& bran
     if (!t.overlap) {
       size_t at = index_of(p, {Op::attn, m}) + 1;
       p.insert(p.begin() + at, {{Op::moe_begin, m}, {Op::moe_compute, m}, {Op::moe_finish, m}});
+      if (t.deferred_post) p.insert(p.begin() + at + 1, {Op::moe_post, m});
       continue;
     }
     // Begin as soon as the input exists: after the source's attention (u), or before it (its input).
@@ -55,6 +56,10 @@ std::vector<Action> forward_plan(int n_layer, const std::vector<BranchTap>& bran
     p.insert(p.begin() + finish, {Op::moe_finish, m});
     size_t compute = nth_unit(p, begin, finish, t.slot - 1, false);
     p.insert(p.begin() + compute, {Op::moe_compute, m});
+    if (t.deferred_post) {
+      size_t post = nth_unit(p, begin, compute, 0, false);  // the first unit after begin, if before compute
+      p.insert(p.begin() + (post < compute ? post + 1 : compute), {Op::moe_post, m});
+    }
   }
   return p;
 }
@@ -90,7 +95,7 @@ std::vector<Action> backward_plan(int n_layer, const std::vector<BranchTap>& bra
 
 std::string describe(const std::vector<Action>& plan) {
   static const char* names[] = {"attn", "ffn", "out", "begin", "compute", "finish", "bw_out", "bw_ffn",
-                                "bw_join", "bw_attn", "bw_norm_tap", "bw_begin", "bw_compute", "bw_finish"};
+                                "bw_join", "bw_attn", "bw_norm_tap", "bw_begin", "bw_compute", "bw_finish", "post"};
   std::string s;
   for (const Action& a : plan) s += (s.empty() ? "" : " ") + std::string(names[int(a.op)]) + std::to_string(a.block);
   return s;

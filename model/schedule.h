@@ -17,6 +17,7 @@ enum class Op {
   moe_begin, moe_compute, moe_finish,           // forward phases of a block's routed branch
   bw_out, bw_ffn, bw_join, bw_attn, bw_norm_tap,  // backward backbone stages (+ a tap's norm)
   bw_moe_begin, bw_moe_compute, bw_moe_finish,  // backward phases of a routed branch
+  moe_post,  // a device reads a dispatch's counts and posts its rows (only where the sizes are not fixed)
 };
 
 struct Action {
@@ -33,6 +34,10 @@ struct BranchTap {
   int src = 0;
   int slot = 4;
   bool overlap = false;  // false: phases back to back (standard top-k MoE, or overlap disabled)
+  // The dispatch's sizes must be read on the host before its rows can be posted (dropless on a device):
+  // a moe_post action follows the first backbone unit queued after begin (or comes right before the
+  // experts), so the device has work while the host waits for the counts.
+  bool deferred_post = false;
 };
 
 std::vector<Action> forward_plan(int n_layer, const std::vector<BranchTap>& branches);

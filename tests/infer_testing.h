@@ -24,14 +24,25 @@ inline Config config_of(std::vector<std::string> sets) {
   return load_config("", all);
 }
 
-// Random weights, with norms and biases perturbed away from 1 / 0 so that they matter.
-template <class T>
-void randomise(GPT<T>& m, uint64_t seed) {
+// Random weights, with norms and biases perturbed away from 1 / 0 so that they matter; returns them
+// (the ParamTable's layout, on the host: what a generator is built from).
+template <class B>
+std::vector<typename B::G> randomise(GPT<B>& m, uint64_t seed) {
+  using G = typename B::G;
   m.init(seed);
+  std::vector<G> p(m.table().total());
+  m.get_params(p.data());
   Rng r(seed + 1);
   for (const auto& s : m.table().specs())
     if (!s.decay)
-      for (size_t i = 0; i < s.numel; i++) m.params()[s.offset + i] += T(0.2 * r.normal());
+      for (size_t i = 0; i < s.numel; i++) p[s.offset + i] += G(0.2 * r.normal());
+  m.set_params(p.data());
+  return p;
+}
+
+inline Config with_inference(Config cfg, const InferenceConfig& ic) {
+  cfg.inference = ic;
+  return cfg;
 }
 
 // What a generator did: sampled tokens, the logits they were drawn from, its offloading counters.
@@ -44,8 +55,8 @@ struct Run {
   int64_t positions = 0;
 };
 
-// Samples n tokens (temperature 1, seeded) after a short prompt with `gen` (the CPU or the CUDA
-// generator: step() returns float logits).
+// Samples n tokens (temperature 1, seeded) after a short prompt with `gen` (a float generator on either
+// backend: step() returns float logits on the host).
 template <class Gen>
 Run sample_run(Gen& gen, int V, int n, uint64_t seed) {
   Run r;

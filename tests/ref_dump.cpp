@@ -14,7 +14,7 @@ using namespace scmoe;
 template <class T>
 static void dump(const Config& cfg, const std::string& out) {
   const int B = cfg.train.batch_size, Tn = cfg.model.seq_len, N = B * Tn;
-  GPT<T> model(cfg, B);
+  GPT<Cpu<T>> model(cfg, B);
   model.init(cfg.train.seed);
   // Norm weights and biases start at 1 and 0; randomise them so their gradients are really tested.
   Rng r(99);
@@ -27,7 +27,7 @@ static void dump(const Config& cfg, const std::string& out) {
     targets[i] = int32_t(r.next_u64() % cfg.model.vocab_size);
   }
   model.zero_grad();
-  double loss = model.forward(inputs.data(), targets.data(), T(1.0 / N));
+  double loss = model.forward(inputs.data(), targets.data(), 1.0 / N);
   model.backward();
   std::vector<StTensor> t;
   for (const auto& s : model.table().specs()) {
@@ -60,8 +60,8 @@ static void dump(const Config& cfg, const std::string& out) {
                {"combine", cfg.scmoe.combine}, {"gate_noise", "0"}});
   }
   for (const auto& [l, st] : model.moe_stats())
-    std::printf("  MoE layer %d: %lld of %lld assignments dropped\n", l, (long long)st->dropped,
-                (long long)st->assignments);
+    std::printf("  MoE layer %d: %lld of %lld assignments dropped\n", l, (long long)st.dropped,
+                (long long)st.assignments);
   safetensors_write(out, t, md);
   std::printf("wrote %s: %s %s loss %.6f\n", out.c_str(), m.arch.c_str(), cfg.train.dtype.c_str(), loss);
 }

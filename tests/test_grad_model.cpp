@@ -19,7 +19,7 @@ static void check_arch(const char* label, std::vector<std::string> sets) {
   base.insert(base.end(), sets.begin(), sets.end());
   Config cfg = load_config("", base);
   const int B = cfg.train.batch_size, Tn = cfg.model.seq_len, N = B * Tn;
-  GPT<double> m(cfg, B);
+  GPT<Cpu<double>> m(cfg, B);
   m.init(7);
   Rng r(3);
   for (const auto& s : m.table().specs())  // perturb norms/biases away from 1/0 so they matter
@@ -32,7 +32,7 @@ static void check_arch(const char* label, std::vector<std::string> sets) {
   m.forward(in.data(), tg.data(), 1.0 / N);
   m.backward();
   int64_t dropped = 0;
-  for (auto& [l, st] : m.moe_stats()) dropped += st->dropped;
+  for (auto& [l, st] : m.moe_stats()) dropped += st.dropped;
   std::printf("%s (%zu params, %lld dropped assignments)\n", label, m.num_params(), (long long)dropped);
   // Check a spread of elements of every tensor (all of the small ones).
   double worst = 0;

@@ -1,10 +1,11 @@
 // Every dense op's backward against central finite differences in float64, on awkward sizes.
 #include <cstdint>
 
-#include "kernels/ops.h"
+#include "kernels/cpu/backend.h"  // every CPU kernel
 #include "tests/gradcheck.h"
 
 using namespace scmoe;
+namespace ops = scmoe::cpu;  // the CPU reference kernels
 using V = std::vector<double>;
 
 static void test_matmul() {

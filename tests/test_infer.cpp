@@ -37,9 +37,9 @@ int argmax(const T* v, int n) {
 template <class T = double>
 void check_kv_equals_recompute(const char* label, std::vector<std::string> sets, double tol = 1e-9) {
   Config cfg = config_of(sets);
-  GPT<T> m(cfg, 1);
-  randomise(m, 11);
-  Generator<T> gen(m, cfg.inference);
+  GPT<Cpu<T>> m(cfg, 1);
+  const std::vector<T> params = randomise(m, 11);
+  Generator<Cpu<T>> gen(cfg, params.data());
   const int V = cfg.model.vocab_size, Tn = cfg.model.seq_len;
   std::vector<int32_t> window(Tn, 0);
   double worst = 0;
@@ -52,7 +52,7 @@ void check_kv_equals_recompute(const char* label, std::vector<std::string> sets,
     windows_ok &= !ctx.empty() && int(ctx.size()) <= Tn;
     std::fill(window.begin(), window.end(), 0);
     std::copy(ctx.begin(), ctx.end(), window.begin());
-    m.forward(window.data(), nullptr, T(0));
+    m.forward(window.data(), nullptr, 0.0);
     const T* ref = m.logits() + (ctx.size() - 1) * V;
     double scale = 1e-300, diff = 0;
     for (int v = 0; v < V; v++)
@@ -72,10 +72,10 @@ void check_kv_equals_recompute(const char* label, std::vector<std::string> sets,
 
 // Samples n tokens (temperature 1, seeded) after a short prompt.
 // per_expert: each MoE layer's transfers per expert.
-Run generate(GPT<float>& m, const InferenceConfig& ic, int n, uint64_t seed,
+Run generate(const Config& cfg, const std::vector<float>& params, const InferenceConfig& ic, int n, uint64_t seed,
              std::vector<std::vector<int64_t>>* per_expert = nullptr) {
-  Generator<float> gen(m, ic);
-  Run r = infer_testing::sample_run(gen, m.model_config().vocab_size, n, seed);
+  Generator<Cpu<float>> gen(infer_testing::with_inference(cfg, ic), params.data());
+  Run r = infer_testing::sample_run(gen, cfg.model.vocab_size, n, seed);
   if (per_expert)
     for (const auto& [l, s] : r.layers) per_expert->push_back(gen.cache(l)->transfers_per_expert());
   return r;
@@ -96,14 +96,14 @@ InferenceConfig offload(int slots, const char* migration, double gb_s = 0, doubl
 void check_offload_identical(const char* label, std::vector<std::string> sets,
                              std::vector<InferenceConfig> modes) {
   Config cfg = config_of(sets);
-  GPT<float> m(cfg, 1);
-  randomise(m, 5);
+  GPT<Cpu<float>> m(cfg, 1);
+  const std::vector<float> params = randomise(m, 5);
   const int n = 40;
-  const Run base = generate(m, InferenceConfig{}, n, 99);
+  const Run base = generate(cfg, params, InferenceConfig{}, n, 99);
   CHECK(base.stats.transfers == 0 && base.layers.empty());
   for (const InferenceConfig& ic : modes) {
     std::vector<std::vector<int64_t>> per_expert;
-    const Run r = generate(m, ic, n, 99, &per_expert);
+    const Run r = generate(cfg, params, ic, n, 99, &per_expert);
     bool same_logits = r.logits.size() == base.logits.size();
     for (size_t i = 0; same_logits && i < r.logits.size(); i++)
       same_logits =
@@ -141,13 +141,13 @@ void check_offload_identical(const char* label, std::vector<std::string> sets,
 // With k slots they cross once; the others never do, and every later request hits.
 void check_constant_routing_layer() {
   Config cfg = config_of({"model.arch=moe", "moe.top_k=2"});
-  GPT<float> m(cfg, 1);
-  randomise(m, 3);
-  const MoE<float>& moe = *m.blocks()[1].moe;
-  std::fill(moe.gate.w, moe.gate.w + size_t(moe.E) * moe.C, 0.f);
+  GPT<Cpu<float>> m(cfg, 1);
+  std::vector<float> params = randomise(m, 3);
+  const TensorRef& gate = m.arch().blocks[1].gate.w;
+  std::fill(params.begin() + long(gate.offset), params.begin() + long(gate.offset + gate.numel), 0.f);
   std::vector<std::vector<int64_t>> per_expert;
   const int n = 20;
-  const Run r = generate(m, offload(2, "async"), n, 7, &per_expert);
+  const Run r = generate(cfg, params, offload(2, "async"), n, 7, &per_expert);
   CHECK(r.layers.size() == 2 && r.layers[0].first == 1 && r.layers[1].first == 3);
   const OffloadStats& s = r.layers[0].second;
   std::printf(

@@ -6,10 +6,11 @@
 #include <cstdint>
 #include <vector>
 
-#include "kernels/ops.h"
+#include "kernels/cpu/backend.h"  // every CPU kernel
 #include "tests/gradcheck.h"
 
 using namespace scmoe;
+namespace ops = scmoe::cpu;  // the CPU reference kernels
 using V = std::vector<double>;
 using I32 = std::vector<int32_t>;
 using I64 = std::vector<int64_t>;

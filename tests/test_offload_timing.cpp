@@ -23,13 +23,13 @@ struct Timing {
   int64_t transfers;
 };
 
-Timing run(GPT<float>& m, const char* migration) {
-  InferenceConfig ic;
+Timing run(Config cfg, const std::vector<float>& params, const char* migration) {
+  InferenceConfig& ic = cfg.inference;
   ic.offload_experts = true;
   ic.expert_cache_slots = 1;
   ic.migration = migration;
   ic.host_link_gb_s = 4;  // one 2 MiB expert: ~0.5 ms, about the backbone work between gate and experts
-  Generator<float> gen(m, ic);
+  Generator<Cpu<float>> gen(cfg, params.data());
   const auto t0 = std::chrono::steady_clock::now();
   int32_t tok = 1;
   for (int i = 0; i < 40; i++) {
@@ -48,12 +48,16 @@ int main() {
   Config cfg =
       load_config("", {"model.arch=scmoe", "model.n_layer=4", "model.d_model=256", "model.n_head=4",
                        "model.d_ff=1024", "model.seq_len=64", "moe.num_experts=8", "model.init_std=0.1"});
-  GPT<float> m(cfg, 1);
-  m.init(1);
-  run(m, "async");  // warm-up: page in the weights
+  std::vector<float> params;
+  {
+    GPT<Cpu<float>> m(cfg, 0);
+    m.init(1);
+    params.assign(m.params(), m.params() + m.table().total());
+  }
+  run(cfg, params, "async");  // warm-up: page in the weights
   bool hidden = false;
   for (int attempt = 0; attempt < 3 && !hidden; attempt++) {
-    const Timing blocking = run(m, "blocking"), async = run(m, "async");
+    const Timing blocking = run(cfg, params, "blocking"), async = run(cfg, params, "async");
     for (auto [name, t] : {std::pair<const char*, Timing>{"blocking", blocking}, {"async", async}})
       std::printf(
           "scmoe pos-2, 1 of 8 experts cached, 4 GB/s simulated link, %-8s: %lld transfers, link busy %.1f "

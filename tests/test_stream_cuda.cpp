@@ -6,6 +6,9 @@
 
 #include "core/device.h"
 #include "core/stream.h"
+#ifdef SCMOE_HAVE_CUDA
+#include "kernels/cuda/stream.h"
+#endif
 #include "tests/testing.h"
 
 int main() {
@@ -18,8 +21,8 @@ int main() {
     std::printf("SKIP: no CUDA device (%s)\n", q.reason.c_str());
     return 77;
   }
-  auto a = scmoe::make_cuda_stream("a"), b = scmoe::make_cuda_stream("b");
-  auto ev = scmoe::make_cuda_event();
+  auto a = scmoe::cuda::make_stream("a"), b = scmoe::cuda::make_stream("b", true);
+  auto ev = scmoe::cuda::make_event();
   std::vector<int> order;
   a->enqueue([&] { order.push_back(1); });
   a->enqueue([&] { order.push_back(2); });

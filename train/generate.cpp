@@ -10,17 +10,13 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
-#include <type_traits>
 #include <vector>
 
 #include "core/check.h"
-#include "core/device.h"
 #include "data/tokenizer.h"
-#include "model/gpt.h"
+#include "model/architecture.h"
 #include "model/infer.h"
-#ifdef SCMOE_HAVE_CUDA
-#include "model/infer_cuda.h"
-#endif
+#include "train/backend_select.h"
 #include "train/checkpoint.h"
 #include "train/checkpoint_dir.h"
 
@@ -57,8 +53,8 @@ std::string prompt_text(const GenerateOptions& opt) {
   return s.str();
 }
 
-// Prompt in, continuation out: the decode loop and the figures, for either generator (CPU:
-// Generator<T>, logits in T; CUDA: GeneratorCuda<T>, logits in fp32 on the host).
+// Prompt in, continuation out: the decode loop and the figures (logits on the host: T on the CPU, fp32
+// from the CUDA backend).
 template <class Gen>
 int decode(const Config& cfg, const GenerateOptions& opt, Gen& gen, const std::vector<int32_t>& prompt,
            const Tokenizer& tok, const char* device) {
@@ -143,28 +139,9 @@ int decode(const Config& cfg, const GenerateOptions& opt, Gen& gen, const std::v
 }
 
 
-template <class T>
-int generate_cpu(const Config& cfg, const GenerateOptions& opt, GPT<T>& model, const std::vector<int32_t>& prompt,
-                 const Tokenizer& tok, const std::string& banner) {
-  Generator<T> gen(model, cfg.inference);
-  std::fprintf(stderr, "%s | %s | OpenMP threads: %d\n", banner.c_str(), cfg.train.dtype.c_str(),
-               omp_get_max_threads());
-  return decode(cfg, opt, gen, prompt, tok, "cpu");
-}
-
-#ifdef SCMOE_HAVE_CUDA
-template <class T>
-int generate_cuda(const Config& cfg, const GenerateOptions& opt, GPT<float>& model,
-                  const std::vector<int32_t>& prompt, const Tokenizer& tok, const std::string& banner) {
-  cuda::GeneratorCuda<T> gen(cfg, model.table(), model.params());
-  std::fprintf(stderr, "%s | cuda, precision %s%s\n", banner.c_str(), cfg.train.precision.c_str(),
-               gen.offloading() ? ", routed experts in pinned host memory" : "");
-  return decode(cfg, opt, gen, prompt, tok, "cuda");
-}
-#endif
-
-template <class T>
-int generate(const Config& cfg, const GenerateOptions& opt, Device dev) {
+template <class B>
+int generate(const Config& cfg, const GenerateOptions& opt) {
+  using G = typename B::G;
   if (cfg.train.threads > 0) omp_set_num_threads(cfg.train.threads);
   check_sampling(opt.sampling);
   SCMOE_CHECK(!cfg.moe.force_balanced_routing,
@@ -186,49 +163,38 @@ int generate(const Config& cfg, const GenerateOptions& opt, Device dev) {
     SCMOE_CHECK(id >= 0 && id < cfg.model.vocab_size,
                 "prompt token " << id << " (" << tok.name() << " tokenizer) is not below model.vocab_size "
                                 << cfg.model.vocab_size);
-  GPT<T> model(cfg, 1);
-  read_model_file<T>((fs::path(dir) / "model.safetensors").string(), model.table(), model.params(),
-                     Subset::replicated);
-  if (!model.moe_stats().empty()) read_all_experts<T>(dir, model.table(), model.params());
-  if (cfg.inference.offload_experts && model.moe_stats().empty())
+  const Architecture arch = describe_architecture(cfg);
+  std::vector<G> params(arch.table.total());
+  read_model_file<G>((fs::path(dir) / "model.safetensors").string(), arch.table, params.data(), Subset::replicated);
+  if (arch.has_moe()) read_all_experts<G>(dir, arch.table, params.data());
+  if (cfg.inference.offload_experts && !arch.has_moe())
     std::fprintf(stderr,
                  "inference.offload_experts: model.arch dense has no routed experts; nothing to offload\n");
-  char banner[512];
-  std::snprintf(banner, sizeof banner, "generate: %s | %s, %.2f M parameters | %s", dir.c_str(),
-                cfg.model.arch.c_str(), model.num_params() / 1e6, tok_notice.c_str());
-#ifdef SCMOE_HAVE_CUDA
-  if constexpr (std::is_same<T, float>::value) {
-    if (dev == Device::cuda) {
-      if (cfg.inference.offload_experts && (cfg.inference.host_link_gb_s > 0 || cfg.inference.host_link_latency_us > 0))
-        std::fprintf(stderr, "inference.host_link_gb_s / host_link_latency_us simulate the link on the cpu "
-                             "backend; on cuda the experts cross the real host-to-device link\n");
-      if (cfg.train.precision == "bf16") return generate_cuda<cuda::bf16>(cfg, opt, model, prompt, tok, banner);
-      return generate_cuda<float>(cfg, opt, model, prompt, tok, banner);
-    }
-  }
-#endif
-  (void)dev;
-  return generate_cpu(cfg, opt, model, prompt, tok, banner);
+  if (!B::kHostMemory && cfg.inference.offload_experts &&
+      (cfg.inference.host_link_gb_s > 0 || cfg.inference.host_link_latency_us > 0))
+    std::fprintf(stderr, "inference.host_link_gb_s / host_link_latency_us simulate the link on the cpu "
+                         "backend; on cuda the experts cross the real host-to-device link\n");
+  Generator<B> gen(cfg, params.data());
+  if (B::kHostMemory)
+    std::fprintf(stderr, "generate: %s | %s, %.2f M parameters | %s | %s | OpenMP threads: %d\n", dir.c_str(),
+                 cfg.model.arch.c_str(), arch.table.count() / 1e6, tok_notice.c_str(), cfg.train.dtype.c_str(),
+                 omp_get_max_threads());
+  else
+    std::fprintf(stderr, "generate: %s | %s, %.2f M parameters | %s | cuda, precision %s%s\n", dir.c_str(),
+                 cfg.model.arch.c_str(), arch.table.count() / 1e6, tok_notice.c_str(), cfg.train.precision.c_str(),
+                 gen.offloading() ? ", routed experts in pinned host memory" : "");
+  return decode(cfg, opt, gen, prompt, tok, B::name());
 }
 
 }  // namespace
 
-// The device: the CUDA backend generates in float32 storage (precision fp32 or bf16); float64 is the
-// CPU's (auto falls back to it, an explicit cuda is an error).
+// The backend (train/backend_select.h): the CUDA backend generates in fp32 or bf16 storage; float64 is
+// the CPU's (auto falls back to it, an explicit cuda is an error).
 int run_generate(const Config& cfg, const GenerateOptions& opt) {
   std::string notice;
-  Device dev = select_device(cfg.train.device, &notice);
-  if (dev == Device::cuda && cfg.train.dtype == "float64") {
-    SCMOE_CHECK(cfg.train.device == "auto",
-                "train.device cuda: train.dtype float64 is not on the CUDA backend; use train.device cpu");
-    notice += ", but train.dtype float64 is not on the CUDA backend: using cpu";
-    dev = Device::cpu;
-  }
-  SCMOE_CHECK(dev == Device::cuda || cfg.train.precision == "fp32",
-              "train.precision " << cfg.train.precision << " needs the CUDA backend (this run uses cpu)");
+  const BackendKind kind = select_backend(cfg, 1, 1, &notice);
   std::fprintf(stderr, "%s\n", notice.c_str());
-  if (cfg.train.dtype == "float64") return generate<double>(cfg, opt, dev);
-  return generate<float>(cfg, opt, dev);
+  return with_backend(kind, [&](auto tag) { return generate<typename decltype(tag)::type>(cfg, opt); });
 }
 
 }  // namespace scmoe

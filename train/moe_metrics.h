@@ -18,14 +18,14 @@ class MoeStepStats {
   void reset() { layers_.clear(), aux_total_ = 0, micro_ = 0; }
 
   // Call after each micro-step's forward with the model's moe_stats() and aux_loss().
-  void add(const std::vector<std::pair<int, const MoeStats*>>& stats, double aux_total) {
+  void add(const std::vector<std::pair<int, MoeStats>>& stats, double aux_total) {
     micro_++;
     aux_total_ += aux_total;
     for (const auto& [l, s] : stats) {
       Layer& L = layers_[l];
-      L.aux += s->aux, L.z += s->z, L.dropped += s->dropped, L.assignments += s->assignments;
-      L.tokens.resize(s->tokens_per_expert.size(), 0);
-      for (size_t e = 0; e < L.tokens.size(); e++) L.tokens[e] += s->tokens_per_expert[e];
+      L.aux += s.aux, L.z += s.z, L.dropped += s.dropped, L.assignments += s.assignments;
+      L.tokens.resize(s.tokens_per_expert.size(), 0);
+      for (size_t e = 0; e < L.tokens.size(); e++) L.tokens[e] += s.tokens_per_expert[e];
     }
   }
 

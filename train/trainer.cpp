@@ -9,13 +9,11 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
-#include <type_traits>
 
 #include "comm/communicator.h"
 #ifdef SCMOE_HAVE_NCCL
 #include "comm/nccl_communicator.h"
 #endif
-#include "core/device.h"
 #include "core/log.h"
 #include "core/rng.h"
 #include "core/trace.h"
@@ -26,10 +24,8 @@
 #include "train/checkpoint.h"
 #include "train/checkpoint_dir.h"
 #include "train/metrics.h"
+#include "train/backend_select.h"
 #include "train/moe_metrics.h"
-#ifdef SCMOE_HAVE_CUDA
-#include "model/gpt_cuda.h"
-#endif
 
 namespace fs = std::filesystem;
 
@@ -61,88 +57,35 @@ void write_text_file(const std::string& path, const std::string& text) {
   SCMOE_CHECK_IO(f.good(), path, "cannot write");
 }
 
-// The model on the CUDA backend, seen by the loop: the CPU model (model_) keeps the parameter table and
-// host copies of weights and moments, which checkpoints read and write; the device holds the live ones.
-struct DeviceModel {
-  virtual ~DeviceModel() = default;
-  virtual void upload(const float* params, const float* m, const float* v) = 0;
-  virtual void download(float* params, float* m, float* v) = 0;
-  virtual void zero_grad() = 0;
-  // rng: the gate noise's draws in training (nullptr: none, as in evaluation)
-  virtual float forward(const int32_t* in, const int32_t* tg, float grad_scale, Rng* rng) = 0;
-  virtual void backward() = 0;
-  virtual float step(double lr, int64_t t) = 0;  // clip + AdamW; returns the gradient norm
-  virtual size_t device_bytes() const = 0;
-  // The MoE layers' router statistics and auxiliary losses of the last forward (as GPT<T> reports them).
-  virtual std::vector<std::pair<int, const MoeStats*>> moe_stats() = 0;
-  virtual double aux_loss() const = 0;
-};
-
-#ifdef SCMOE_HAVE_CUDA
-template <class S>
-struct CudaModel : DeviceModel {
-  cuda::GptCuda<S> g;
-  CudaModel(const Config& cfg, const ParamTable& t, int B, Communicator* comm) : g(cfg, t, B, nullptr, -1, comm) {}
-  void upload(const float* p, const float* m, const float* v) override { g.set_params(p), g.set_moments(m, v); }
-  void download(float* p, float* m, float* v) override { g.get_params(p), g.get_moments(m, v); }
-  void zero_grad() override { g.zero_grad(); }
-  float forward(const int32_t* in, const int32_t* tg, float s, Rng* rng) override { return g.forward(in, tg, s, rng); }
-  void backward() override { g.backward(); }
-  float step(double lr, int64_t t) override { return g.step(lr, t); }
-  size_t device_bytes() const override { return g.param_bytes() + g.activation_bytes(); }
-  std::vector<std::pair<int, const MoeStats*>> moe_stats() override {
-    const auto& s = g.moe_stats();
-    stats.resize(s.size());
-    std::vector<std::pair<int, const MoeStats*>> out;
-    for (size_t i = 0; i < s.size(); i++) {
-      stats[i].aux = s[i].aux, stats[i].z = s[i].z;
-      stats[i].dropped = s[i].dropped, stats[i].assignments = s[i].assignments;
-      stats[i].tokens_per_expert = s[i].tokens_per_expert;
-      out.push_back({s[i].layer, &stats[i]});
-    }
-    return out;
-  }
-  double aux_loss() const override { return g.aux_loss(); }
-  std::vector<MoeStats> stats;
-};
-#endif
-
-template <class T>
+template <class B>
 class Trainer {
  public:
-  Trainer(const Config& cfg, const RunOptions& opt) : cfg_(cfg), opt_(opt) {}
+  using G = typename B::G;  // master weights, gradients and moments: what checkpoints hold
+  Trainer(const Config& cfg, const RunOptions& opt, const std::string& notice)
+      : cfg_(cfg), opt_(opt), notice_(notice) {}
   int run();
 
  private:
   void setup();
-  void make_device_model();
   std::string use_shm_transport(bool on_device);
-  // Host copies <-> the device model (checkpoints read and write the host copies); float32 runs only.
-  void upload_to_device() {
-    if constexpr (std::is_same<T, float>::value) device_->upload(model_->params(), optim_->m().data(), optim_->v().data());
-  }
-  void download_from_device() {
-    if constexpr (std::is_same<T, float>::value) device_->download(model_->params(), optim_->m().data(), optim_->v().data());
-  }
   void resume_from(const std::string& dir);
   double evaluate();
   void save_checkpoint();
   bool train_step();  // false when the loss is not finite
-  bool device_step(float grad_scale);
-  void reduce_gradients();
   double reduce_mean(double local);  // mean over ranks
   bool any_rank(bool flag);
   std::string comm_fields(std::vector<std::pair<std::string, double>>& fields);
 
   Config cfg_;
   RunOptions opt_;
+  std::string notice_;
   int rank_ = 0, world_ = 1, grad_accum_ = 1;
   ProcessGroupEnv env_;
-  std::unique_ptr<Communicator> comm_;  // null for a single process
-  std::unique_ptr<Communicator> device_comm_;  // train.device cuda on several ranks: NCCL for device buffers
-  std::unique_ptr<GPT<T>> model_;
-  std::unique_ptr<AdamW<T>> optim_;
-  std::unique_ptr<DeviceModel> device_;  // train.device cuda: the live model (model_ holds host copies)
+  std::unique_ptr<Communicator> comm_;         // host collectives (null for a single process)
+  std::unique_ptr<Communicator> device_comm_;  // the cuda backend on several ranks: NCCL for device buffers
+  Communicator* model_comm_ = nullptr;         // what the model's buffers travel over
+  std::unique_ptr<GPT<B>> model_;
+  std::unique_ptr<AdamW<B>> optim_;
   std::unique_ptr<DataLoader> train_data_, val_data_;
   std::unique_ptr<MetricsWriter> metrics_;
   std::vector<int32_t> inputs_, targets_;
@@ -155,40 +98,29 @@ class Trainer {
   MoeStepStats moe_stats_;
 };
 
-template <class T>
-void Trainer<T>::setup() {
-  std::string notice;
-  Device dev = select_device(cfg_.train.device, &notice);
-  // The CUDA backend trains every architecture, in one process or several (with NCCL), in float32; auto
-  // falls back to the CPU for the rest, an explicit `cuda` is an error naming what is missing.
-  std::string unsupported;
-  if (cfg_.train.dtype != "float32") unsupported = "train.dtype " + cfg_.train.dtype;
-  else if (cfg_.moe.force_balanced_routing) unsupported = "moe.force_balanced_routing";
-#ifndef SCMOE_HAVE_NCCL
-  else if (read_process_group_env().world_size > 1) unsupported = "several processes without NCCL (not found at build time)";
-#endif
-  else if (dev == Device::cuda && read_process_group_env().local_world_size > query_cuda().device_count)
-    unsupported = std::to_string(read_process_group_env().local_world_size) + " ranks on a node with " +
-                  std::to_string(query_cuda().device_count) + " GPU(s) (NCCL needs one GPU per rank)";
-  if (dev == Device::cuda && !unsupported.empty()) {
-    SCMOE_CHECK(cfg_.train.device == "auto", "train.device cuda: " << unsupported
-                                                 << " is not on the CUDA backend yet; use train.device cpu");
-    notice += ", but " + unsupported + " is not on the CUDA backend yet: using cpu";
-    dev = Device::cpu;
-  }
-  SCMOE_CHECK(dev == Device::cuda || cfg_.train.precision == "fp32",
-              "train.precision " << cfg_.train.precision << " needs the CUDA backend (this run uses cpu)");
-  log_info("%s", notice.c_str());
+template <class B>
+void Trainer<B>::setup() {
+  log_info("%s", notice_.c_str());
   if (cfg_.train.threads > 0) omp_set_num_threads(cfg_.train.threads);
   env_ = read_process_group_env();
   rank_ = env_.rank, world_ = env_.world_size;
   log_rank() = rank_;
+  const bool on_device = !B::kHostMemory;
   if (world_ > 1) {
     comm_ = make_gloo_communicator(env_, cfg_.comm.timeout_s);
-    const std::string moe_path = use_shm_transport(dev == Device::cuda);
+    const std::string moe_path = use_shm_transport(on_device);
     comm_->set_simulated_link({cfg_.comm.simulate_link.bandwidth_gb_s, cfg_.comm.simulate_link.latency_us});
     log_info("process group: %d ranks (%s, gloo via %s:%d; MoE All-to-Alls %s)", world_, env_.source.c_str(),
              env_.master_addr.c_str(), env_.master_port, moe_path.c_str());
+    model_comm_ = comm_.get();
+#ifdef SCMOE_HAVE_NCCL
+    if (on_device) {  // the device's buffers travel over NCCL (one GPU per local rank); Gloo keeps the
+                      // host-side collectives (losses, statistics, checkpoints)
+      device_comm_ = make_nccl_communicator(env_, cfg_.comm.timeout_s, nullptr, comm_.get());
+      device_comm_->set_simulated_link({cfg_.comm.simulate_link.bandwidth_gb_s, cfg_.comm.simulate_link.latency_us});
+      model_comm_ = device_comm_.get();
+    }
+#endif
   }
 
   const auto& tc = cfg_.train;
@@ -200,20 +132,20 @@ void Trainer<T>::setup() {
                 " x model.seq_len x world size (" << micro_tokens << ")");
     grad_accum_ = int(tc.global_batch_tokens / micro_tokens);
   }
-  // On cuda the CPU model only holds the table and host copies: a micro-batch of one keeps its
-  // activation arena small.
-  model_ = std::make_unique<GPT<T>>(cfg_, dev == Device::cuda ? 1 : tc.batch_size, comm_.get());
+  model_ = std::make_unique<GPT<B>>(cfg_, tc.batch_size, model_comm_);
   model_->init(tc.seed);
-  optim_ = std::make_unique<AdamW<T>>(cfg_.optim, model_->table());
-  if (dev == Device::cuda) make_device_model();
+  optim_ = std::make_unique<AdamW<B>>(cfg_.optim, *model_);
   rng_ = Rng(hash_string("train-rng", tc.seed));
   inputs_.resize(size_t(tc.batch_size) * cfg_.model.seq_len);
   targets_.resize(inputs_.size());
-  if (device_)
+  if (on_device)
     log_info("model: %s, %zu parameters (%.2f M) on cuda, precision %s, device memory %.1f MiB (weights, "
-             "gradients, AdamW state, activations for micro-batch %d x %d)",
+             "gradients, AdamW state %.1f MiB; activations %.1f MiB for micro-batch %d x %d); %s",
              cfg_.model.arch.c_str(), model_->num_params(), model_->num_params() / 1e6, tc.precision.c_str(),
-             device_->device_bytes() / 1048576.0, tc.batch_size, cfg_.model.seq_len);
+             (model_->param_bytes() + 2 * model_->table().total() * sizeof(G) + model_->activation_bytes()) / 1048576.0,
+             (model_->param_bytes() + 2 * model_->table().total() * sizeof(G)) / 1048576.0,
+             model_->activation_bytes() / 1048576.0, tc.batch_size, cfg_.model.seq_len,
+             model_->overlapped() ? "MoE exchanges on a communication stream, overlapped" : "MoE exchanges in order");
   else
     log_info("model: %s, %zu parameters (%.2f M), activations %.1f MiB for micro-batch %d x %d, dtype %s, %d threads",
              cfg_.model.arch.c_str(), model_->num_params(), model_->num_params() / 1e6,
@@ -233,8 +165,8 @@ void Trainer<T>::setup() {
 // comm.transport: wraps comm_ so that the MoE All-to-Alls travel through shared memory (auto: when every
 // rank is on this host and the segment can be made; a failure is the same on every rank, so all fall
 // back together). Returns how the MoE exchanges travel, for the log.
-template <class T>
-std::string Trainer<T>::use_shm_transport(bool on_device) {
+template <class B>
+std::string Trainer<B>::use_shm_transport(bool on_device) {
   const std::string& t = cfg_.comm.transport;
   if (on_device) return "over NCCL on the device";
   const bool one_host = env_.local_world_size == env_.world_size;
@@ -252,37 +184,8 @@ std::string Trainer<T>::use_shm_transport(bool on_device) {
   }
 }
 
-template <class T>
-void Trainer<T>::make_device_model() {
-#ifdef SCMOE_HAVE_CUDA
-  if constexpr (std::is_same<T, float>::value) {
-    const int B = cfg_.train.batch_size;
-#ifdef SCMOE_HAVE_NCCL
-    // Several processes: the device's buffers travel over NCCL (one GPU per local rank); Gloo keeps the
-    // host-side collectives (losses, statistics, checkpoints).
-    if (world_ > 1) {
-      device_comm_ = make_nccl_communicator(env_, cfg_.comm.timeout_s, nullptr, comm_.get());
-      device_comm_->set_simulated_link({cfg_.comm.simulate_link.bandwidth_gb_s, cfg_.comm.simulate_link.latency_us});
-      log_info("device communicator: nccl, %d ranks; the MoE exchanges run sequentially on the device "
-               "(comm.overlap, moe.pipeline_degree and comm.measure_peer_wait apply to the cpu backend)",
-               world_);
-    }
-#endif
-    Communicator* dc = device_comm_.get();
-    if (cfg_.train.precision == "bf16")
-      device_ = std::make_unique<CudaModel<cuda::bf16>>(cfg_, model_->table(), B, dc);
-    else
-      device_ = std::make_unique<CudaModel<float>>(cfg_, model_->table(), B, dc);
-    upload_to_device();
-    return;
-  }
-#endif
-  SCMOE_FAIL("train.device cuda: this build has no CUDA backend (configure with -DSCMOE_CUDA=ON) or the run is "
-             "not float32");
-}
-
-template <class T>
-void Trainer<T>::resume_from(const std::string& dir) {
+template <class B>
+void Trainer<B>::resume_from(const std::string& dir) {
   std::string optim_path = (fs::path(dir) / optim_file_name(rank_, world_)).string();
   if (!fs::exists(optim_path)) {
     std::string found;
@@ -293,33 +196,34 @@ void Trainer<T>::resume_from(const std::string& dir) {
                                    << " OUT_DIR --world-size " << world_);
     SCMOE_FAIL(dir << ": " << optim_file_name(rank_, world_) << " missing (not a checkpoint of this program?)");
   }
-  read_model_file<T>((fs::path(dir) / "model.safetensors").string(), model_->table(), model_->params(),
-                     Subset::replicated);
-  if (!model_->moe_stats().empty())
-    read_model_file<T>((fs::path(dir) / experts_file_name(rank_, world_)).string(), model_->table(),
-                       model_->params(), Subset::experts);
-  auto md = read_optim_file<T>(optim_path, model_->table(), optim_->m().data(), optim_->v().data());
+  const ParamTable& table = model_->table();
+  std::vector<G> params(table.total()), m(table.total()), v(table.total());
+  read_model_file<G>((fs::path(dir) / "model.safetensors").string(), table, params.data(), Subset::replicated);
+  if (model_->arch().has_moe())
+    read_model_file<G>((fs::path(dir) / experts_file_name(rank_, world_)).string(), table, params.data(),
+                       Subset::experts);
+  auto md = read_optim_file<G>(optim_path, table, m.data(), v.data());
   auto dt = md.find("dtype");
   SCMOE_CHECK(dt != md.end() && dt->second == cfg_.train.dtype,
               optim_path << ": checkpoint was written with train.dtype "
                          << (dt == md.end() ? "?" : dt->second) << ", this run uses " << cfg_.train.dtype);
   state_ = TrainState::from_metadata(md, optim_path);
+  model_->set_params(params.data());
+  optim_->set_moments(m.data(), v.data());
   optim_->set_t(state_.adam_t);
   rng_.state = state_.rng_state;
   if (train_data_) train_data_->set_state({state_.data_epoch, state_.data_cursor});
-  if (device_) upload_to_device();
   log_info("resumed from %s at step %lld", dir.c_str(), (long long)state_.step);
 }
 
-template <class T>
-double Trainer<T>::evaluate() {
+template <class B>
+double Trainer<B>::evaluate() {
   val_data_->reset();
   double sum = 0, forward_ms = 0;
   for (int i = 0; i < cfg_.train.eval_batches; i++) {
     val_data_->next_batch(cfg_.train.batch_size, rank_, world_, inputs_.data(), targets_.data());
     double t0 = now_ms();
-    sum += device_ ? device_->forward(inputs_.data(), targets_.data(), 0.f, nullptr)
-                   : model_->forward(inputs_.data(), targets_.data(), T(0));
+    sum += model_->forward(inputs_.data(), targets_.data(), 0.0);
     forward_ms += now_ms() - t0;
   }
   last_eval_ms_ = forward_ms / cfg_.train.eval_batches;  // a forward-only (inference) pass per batch
@@ -327,9 +231,12 @@ double Trainer<T>::evaluate() {
   return reduce_mean(sum / cfg_.train.eval_batches);
 }
 
-template <class T>
-void Trainer<T>::save_checkpoint() {
-  if (device_) download_from_device();
+template <class B>
+void Trainer<B>::save_checkpoint() {
+  const ParamTable& table = model_->table();
+  std::vector<G> params(table.total()), m(table.total()), v(table.total());
+  model_->get_params(params.data());
+  optim_->get_moments(m.data(), v.data());
   state_.adam_t = optim_->t();
   state_.rng_state = rng_.state;
   LoaderState ls = train_data_->state();
@@ -343,15 +250,13 @@ void Trainer<T>::save_checkpoint() {
   // ranks report success, so a rank dying mid-write leaves no directory that looks complete.
   auto write_mine = [&](const std::string& tmp) {
     if (rank_ == 0) {
-      write_model_file<T>((fs::path(tmp) / "model.safetensors").string(), model_->table(), model_->params(),
-                          Subset::replicated);
+      write_model_file<G>((fs::path(tmp) / "model.safetensors").string(), table, params.data(), Subset::replicated);
       write_text_file((fs::path(tmp) / "config.yaml").string(), config_to_yaml(cfg_));
     }
-    if (!model_->moe_stats().empty())
-      write_model_file<T>((fs::path(tmp) / experts_file_name(rank_, world_)).string(), model_->table(),
-                          model_->params(), Subset::experts);
-    write_optim_file<T>((fs::path(tmp) / optim_file_name(rank_, world_)).string(), model_->table(),
-                        optim_->m().data(), optim_->v().data(), md);
+    if (model_->arch().has_moe())
+      write_model_file<G>((fs::path(tmp) / experts_file_name(rank_, world_)).string(), table, params.data(),
+                          Subset::experts);
+    write_optim_file<G>((fs::path(tmp) / optim_file_name(rank_, world_)).string(), table, m.data(), v.data(), md);
   };
   // Writes this rank's files, then all ranks agree: one failure anywhere fails the checkpoint everywhere.
   auto write_and_agree = [&](const std::string& tmp) {
@@ -376,77 +281,35 @@ void Trainer<T>::save_checkpoint() {
   }
 }
 
-template <class T>
-bool Trainer<T>::train_step() {
-  const int B = cfg_.train.batch_size;
+// One optimizer step: micro-batches accumulate gradients (the backward of one is queued before its loss
+// is read), then the optimizer sums the replicated gradients over ranks, clips and updates (AdamW<B>).
+template <class B>
+bool Trainer<B>::train_step() {
+  const int Bn = cfg_.train.batch_size;
   // Each rank's gradients are scaled by its share of the global batch, so their sum is the mean.
-  const T grad_scale = T(1.0 / (double(B) * cfg_.model.seq_len * grad_accum_ * world_));
-  if (device_) return device_step(grad_scale);
+  const double grad_scale = 1.0 / (double(Bn) * cfg_.model.seq_len * grad_accum_ * world_);
   model_->zero_grad();
   double loss = 0;
   moe_stats_.reset();
   for (int micro = 0; micro < grad_accum_; micro++) {
-    train_data_->next_batch(B, rank_, world_, inputs_.data(), targets_.data());
-    loss += model_->forward(inputs_.data(), targets_.data(), grad_scale, &rng_) / grad_accum_;
-    moe_stats_.add(model_->moe_stats(), model_->aux_loss());
+    train_data_->next_batch(Bn, rank_, world_, inputs_.data(), targets_.data());
+    model_->forward_async(inputs_.data(), targets_.data(), grad_scale, &rng_);
     model_->backward();
-  }
-  reduce_gradients();
-  moe_stats_.reduce(comm_.get());
-  last_loss_ = reduce_mean(loss);
-  if (!std::isfinite(last_loss_)) return false;
-  // Replicated gradients are identical on every rank after the all-reduce; expert gradients are
-  // rank-local, so their squares are summed over ranks.
-  double rep_sq = 0, exp_sq = 0;
-  for (const auto& s : model_->table().specs()) {
-    double n = global_norm(model_->grads() + s.offset, s.numel);
-    (s.expert ? exp_sq : rep_sq) += n * n;
-  }
-  if (comm_) comm_->all_reduce_sum(&exp_sq, 1, DType::f64, nullptr);
-  last_norm_ = std::sqrt(rep_sq + exp_sq);
-  double mult = 1.0;
-  if (cfg_.optim.grad_clip > 0 && last_norm_ > cfg_.optim.grad_clip) mult = cfg_.optim.grad_clip / last_norm_;
-  last_lr_ = lr_at(cfg_.optim, cfg_.train.max_steps, state_.step);
-  optim_->step(model_->params(), model_->grads(), last_lr_, mult);
-  state_.step++;
-  state_.tokens_seen += int64_t(B) * cfg_.model.seq_len * world_ * grad_accum_;
-  return true;
-}
-
-// One step on the CUDA backend: micro-batches accumulate gradients on the device; the gradients'
-// all-reduce (several ranks), clipping and AdamW run there too (GptCuda::step).
-template <class T>
-bool Trainer<T>::device_step(float grad_scale) {
-  const int B = cfg_.train.batch_size;
-  device_->zero_grad();
-  double loss = 0;
-  moe_stats_.reset();
-  for (int micro = 0; micro < grad_accum_; micro++) {
-    train_data_->next_batch(B, rank_, world_, inputs_.data(), targets_.data());
-    loss += device_->forward(inputs_.data(), targets_.data(), grad_scale, &rng_) / grad_accum_;
-    moe_stats_.add(device_->moe_stats(), device_->aux_loss());
-    device_->backward();
+    loss += model_->loss() / grad_accum_;
+    moe_stats_.add(model_->moe_stats(), model_->aux_loss());
   }
   moe_stats_.reduce(comm_.get());
   last_loss_ = reduce_mean(loss);
   if (!std::isfinite(last_loss_)) return false;
   last_lr_ = lr_at(cfg_.optim, cfg_.train.max_steps, state_.step);
-  optim_->set_t(optim_->t() + 1);
-  last_norm_ = device_->step(last_lr_, optim_->t());
+  last_norm_ = optim_->step(last_lr_, model_comm_);
   state_.step++;
-  state_.tokens_seen += int64_t(B) * cfg_.model.seq_len * world_ * grad_accum_;
+  state_.tokens_seen += int64_t(Bn) * cfg_.model.seq_len * world_ * grad_accum_;
   return true;
 }
 
-template <class T>
-void Trainer<T>::reduce_gradients() {
-  if (!comm_) return;
-  for (const auto& [b, e] : model_->table().replicated_ranges())
-    comm_->all_reduce_sum(model_->grads() + b, e - b, sizeof(T) == 4 ? DType::f32 : DType::f64, nullptr);
-}
-
-template <class T>
-double Trainer<T>::reduce_mean(double local) {
+template <class B>
+double Trainer<B>::reduce_mean(double local) {
   if (!comm_) return local;
   comm_->all_reduce_sum(&local, 1, DType::f64, nullptr);
   return local / world_;
@@ -456,10 +319,8 @@ double Trainer<T>::reduce_mean(double local) {
 // plus per layer) and, where the waits for the slowest rank were measured (shared-memory transport or
 // comm.measure_peer_wait), peer_wait_ms, exposed_peer_wait_ms and transfer_overlap (the same without
 // those waits); returns the step line's suffix.
-template <class T>
-std::string Trainer<T>::comm_fields(std::vector<std::pair<std::string, double>>& fields) {
-  // The CUDA backend runs its exchanges sequentially and does not time them (yet): no figures.
-  if (device_) return "";
+template <class B>
+std::string Trainer<B>::comm_fields(std::vector<std::pair<std::string, double>>& fields) {
   auto timings = model_->take_comm_timings();
   if (timings.empty()) return "";
   double comm = 0, exposed = 0, peer = 0, exposed_peer = 0;
@@ -493,16 +354,16 @@ std::string Trainer<T>::comm_fields(std::vector<std::pair<std::string, double>>&
   return buf;
 }
 
-template <class T>
-bool Trainer<T>::any_rank(bool flag) {
+template <class B>
+bool Trainer<B>::any_rank(bool flag) {
   if (!comm_) return flag;
   int64_t v = flag ? 1 : 0;
   comm_->all_reduce_sum(&v, 1, DType::i64, nullptr);
   return v > 0;
 }
 
-template <class T>
-int Trainer<T>::run() {
+template <class B>
+int Trainer<B>::run() {
   setup();
   std::string resume_dir = opt_.resume.empty() ? "" : resolve_resume(opt_.resume, ckpt_root_);
   if (opt_.resume == "auto" && resume_dir.empty()) log_info("resume auto: no checkpoint in %s, starting fresh", ckpt_root_.c_str());
@@ -583,8 +444,13 @@ void install_stop_signal_handlers() {
 }
 
 int run_training(const Config& cfg, const RunOptions& opt) {
-  if (cfg.train.dtype == "float64") return Trainer<double>(cfg, opt).run();
-  return Trainer<float>(cfg, opt).run();
+  const ProcessGroupEnv env = read_process_group_env();
+  std::string notice;
+  const BackendKind kind = select_backend(cfg, env.world_size, env.local_world_size, &notice);
+  return with_backend(kind, [&](auto tag) {
+    using B = typename decltype(tag)::type;
+    return Trainer<B>(cfg, opt, notice).run();
+  });
 }
 
 }  // namespace scmoe

@@ -94,8 +94,10 @@ int64_t admit_rows_fixed(const int64_t* recv_bucket, int W, int El, int k, int64
           }
         }
       }
-  seg_offsets[0] = 0;
-  for (int s = 0; s < P * El; s++) seg_offsets[s + 1] = seg_offsets[s] + seg_counts[s];
+  // Segments of a fixed size (what a segment can admit), so that a device can run every expert on
+  // all of its segment's rows without reading the counts.
+  const int64_t seg = fixed_segment_rows(W, capacity, chunk_rows);
+  for (int s = 0; s <= P * El; s++) seg_offsets[s] = s * seg;
   std::vector<int64_t> next(seg_offsets, seg_offsets + P * El);
   for (const Admitted& a : admitted) expert_row[a.recv_row] = (int32_t)next[a.seg]++;
   return dropped;

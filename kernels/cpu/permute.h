@@ -33,9 +33,13 @@ int64_t admit_rows(const int64_t* recv_bucket, int W, int El, int k, int64_t cap
 void fixed_capacity_slots(const int32_t* topk_idx, int N, int k, int E, int64_t capacity, int64_t chunk_rows,
                           int32_t* send_pos, int64_t* bucket);
 // Expert side of that layout: the same admission as admit_rows, with the expert buffer laid out by
-// (chunk, local expert) segments so that each chunk's experts run on contiguous rows:
-// seg_counts[P*El], seg_offsets[P*El+1] (segment c*El + le). Every receive row (P*W*El*chunk_rows)
-// gets expert_row (-1 for padding or dropped). Returns the number dropped.
+// (chunk, local expert) segments of fixed_segment_rows() rows each (segment c*El + le starts at
+// seg_offsets[c*El + le] = (c*El + le) * that; its first seg_counts[c*El + le] rows are used, in
+// admission order). Every receive row (P*W*El*chunk_rows) gets expert_row (-1 for padding or dropped).
+// Returns the number dropped.
+inline int64_t fixed_segment_rows(int W, int64_t capacity, int64_t chunk_rows) {
+  return capacity < (int64_t)W * chunk_rows ? capacity : (int64_t)W * chunk_rows;
+}
 int64_t admit_rows_fixed(const int64_t* recv_bucket, int W, int El, int k, int64_t capacity, int64_t chunk_rows,
                          int P, int32_t* expert_row, int64_t* seg_counts, int64_t* seg_offsets);
 

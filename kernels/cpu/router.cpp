@@ -118,6 +118,41 @@ void router_backward(T* dlogits, const T* dgate, const T* logits, const T* probs
   }
 }
 
+template <class T>
+void gate_noise_forward(T* logits, const T* noise_pre, const T* eps, int64_t n) {
+  for (int64_t i = 0; i < n; i++) {
+    const T z = noise_pre[i];
+    const T softplus = z > T(20) ? z : std::log1p(std::exp(z));
+    logits[i] += eps[i] * softplus;
+  }
+}
+
+template <class T>
+void gate_noise_backward(T* dlogits, const T* noise_pre, const T* eps, int64_t n) {
+  for (int64_t i = 0; i < n; i++) dlogits[i] *= eps[i] / (T(1) + std::exp(-noise_pre[i]));
+}
+
+void router_stats_pack(double* buf, const int64_t* counts, const double* pmean, const double* losses, int N,
+                       int E) {
+  for (int e = 0; e < E; e++) buf[e] = double(counts[e]), buf[E + e] = pmean[e] * N;
+  buf[2 * E] = losses[1] * N;
+}
+
+void router_stats_unpack(int64_t* counts, double* losses, const double* buf, int64_t N_global, int k, int E) {
+  const double Ng = double(N_global);
+  double aux = 0;
+  for (int e = 0; e < E; e++) {
+    counts[e] = (int64_t)std::llround(buf[e]);
+    aux += (buf[E + e] / Ng) * buf[e] / (Ng * k);
+  }
+  losses[0] = aux * E;
+  losses[1] = buf[2 * E] / Ng;
+}
+
+template void gate_noise_forward<float>(float*, const float*, const float*, int64_t);
+template void gate_noise_forward<double>(double*, const double*, const double*, int64_t);
+template void gate_noise_backward<float>(float*, const float*, const float*, int64_t);
+template void gate_noise_backward<double>(double*, const double*, const double*, int64_t);
 template RouterLosses router_forward<float>(const float*, int, int, int, bool, float*, int32_t*, float*,
                                             double*, int64_t*);
 template RouterLosses router_forward<double>(const double*, int, int, int, bool, double*, int32_t*, double*,

@@ -25,4 +25,21 @@ void router_backward(T* dlogits, const T* dgate, const T* logits, const T* probs
                      const int64_t* counts, int N, int E, int k, bool renormalize, double aux_scale,
                      double z_scale);
 
+// Noisy top-k gating (Shazeer et al.), elementwise over n = N*E: logits += eps * softplus(noise_pre)
+// with noise_pre = x . W_noise and eps ~ N(0,1) drawn by the caller. The backward turns dlogits into
+// the gradient of noise_pre in place: dlogits *= eps * sigmoid(noise_pre).
+template <class T>
+void gate_noise_forward(T* logits, const T* noise_pre, const T* eps, int64_t n);
+template <class T>
+void gate_noise_backward(T* dlogits, const T* noise_pre, const T* eps, int64_t n);
+
+// The router's statistics over several ranks (expert parallelism): aux = E * sum_e pmean_e * f_e and
+// z = mean lse^2 are means over the global batch, so each rank contributes its sums. pack writes
+// buf[2E+1] = {counts[e], N * pmean[e], N * z} (z = losses[1]) for an all-reduce; unpack turns the
+// summed buffer into the global counts (which the router's backward uses) and losses[0..1] = {aux, z}
+// over N_global tokens with k choices each.
+void router_stats_pack(double* buf, const int64_t* counts, const double* pmean, const double* losses, int N,
+                       int E);
+void router_stats_unpack(int64_t* counts, double* losses, const double* buf, int64_t N_global, int k, int E);
+
 }  // namespace scmoe::cpu

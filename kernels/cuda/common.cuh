@@ -1,6 +1,6 @@
 // What every CUDA kernel file includes: the CUDA headers under nvcc, or the SIMT emulation
-// (tests/emu/simt.h) when the same source is compiled as host C++ for the CPU tests
-// (SCMOE_SIMT_EMU). Also: the launch wrapper, CUDA error checks, bf16 conversions and the warp/block
+// (tests/emu/simt.h, and its asynchronous runtime tests/emu/async_runtime.h) when the same source is
+// compiled as host C++ for the CPU tests (SCMOE_SIMT_EMU). Also: the launch wrapper, CUDA error checks, bf16 conversions and the warp/block
 // reductions the kernels share.
 #pragma once
 #include <algorithm>
@@ -11,6 +11,7 @@
 #include <unordered_map>
 
 #if defined(SCMOE_SIMT_EMU)
+#include "tests/emu/async_runtime.h"
 #include "tests/emu/simt.h"
 #else
 #include <cuda_bf16.h>
@@ -27,9 +28,11 @@
 SCMOE_CUDA_BEGIN
 
 #if defined(SCMOE_SIMT_EMU)
+// On the stream's thread in its order (the null stream: now), as the asynchronous runtime runs it.
 template <class... P, class... A>
-void launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t, A... args) {
-  ::simt::launch_kernel(kernel, grid, block, smem, args...);
+void launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream, A... args) {
+  if (!stream) return ::simt::launch_kernel(kernel, grid, block, smem, args...);
+  ::simt::rt::enqueue(stream, [=] { ::simt::launch_kernel(kernel, grid, block, smem, args...); });
 }
 #define SCMOE_CUDA_CHECK(call) (void)(call)
 #define SCMOE_KERNEL_CHECK() (void)0

@@ -8,6 +8,7 @@
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/device_memory.h"
+#include "kernels/cuda/runtime.h"
 
 #if defined(SCMOE_SIMT_EMU)
 #include <unistd.h>
@@ -177,44 +178,23 @@ void check_copy_size(const std::string& what, size_t n, size_t capacity) {
               "copy of " << n << " elements into or out of " << what << " which holds " << capacity);
 }
 
-#if defined(SCMOE_SIMT_EMU)
+// Copies through the runtime's calls (kernels/cuda/runtime.h): natively the CUDA runtime, emulated the
+// asynchronous runtime (a copy on a stream runs in that stream's order there too).
 void copy_to_device(void* dst, const void* src, size_t bytes, const char*) {
-  if (bytes) std::memcpy(dst, src, bytes);
+  memcpy_sync(dst, src, bytes, CopyKind::host_to_device);
 }
 void copy_to_host(void* dst, const void* src, size_t bytes, const char*) {
-  if (bytes) std::memcpy(dst, src, bytes);
+  memcpy_sync(dst, src, bytes, CopyKind::device_to_host);
 }
 void copy_device_to_device(void* dst, const void* src, size_t bytes, const char*) {
-  if (bytes) std::memcpy(dst, src, bytes);
+  memcpy_sync(dst, src, bytes, CopyKind::device_to_device);
 }
-void copy_to_device_async(void* dst, const void* src, size_t bytes, cudaStream_t, const char*) {
-  if (bytes) std::memcpy(dst, src, bytes);
+void copy_to_device_async(void* dst, const void* src, size_t bytes, cudaStream_t stream, const char*) {
+  memcpy_async(dst, src, bytes, CopyKind::host_to_device, stream);
 }
-void copy_to_host_async(void* dst, const void* src, size_t bytes, cudaStream_t, const char*) {
-  if (bytes) std::memcpy(dst, src, bytes);
+void copy_to_host_async(void* dst, const void* src, size_t bytes, cudaStream_t stream, const char*) {
+  memcpy_async(dst, src, bytes, CopyKind::device_to_host, stream);
 }
-void fill_zero(void* dst, size_t bytes, cudaStream_t, const char*) {
-  if (bytes) std::memset(dst, 0, bytes);
-}
-#else
-void copy_to_device(void* dst, const void* src, size_t bytes, const char* what) {
-  SCMOE_CUDA_CHECK_FOR(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice), what);
-}
-void copy_to_host(void* dst, const void* src, size_t bytes, const char* what) {
-  SCMOE_CUDA_CHECK_FOR(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost), what);
-}
-void copy_device_to_device(void* dst, const void* src, size_t bytes, const char* what) {
-  SCMOE_CUDA_CHECK_FOR(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice), what);
-}
-void copy_to_device_async(void* dst, const void* src, size_t bytes, cudaStream_t stream, const char* what) {
-  SCMOE_CUDA_CHECK_FOR(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream), what);
-}
-void copy_to_host_async(void* dst, const void* src, size_t bytes, cudaStream_t stream, const char* what) {
-  SCMOE_CUDA_CHECK_FOR(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream), what);
-}
-void fill_zero(void* dst, size_t bytes, cudaStream_t stream, const char* what) {
-  SCMOE_CUDA_CHECK_FOR(cudaMemsetAsync(dst, 0, bytes, stream), what);
-}
-#endif
+void fill_zero(void* dst, size_t bytes, cudaStream_t stream, const char*) { memset_async(dst, 0, bytes, stream); }
 
 SCMOE_CUDA_END

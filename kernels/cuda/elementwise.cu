@@ -173,6 +173,19 @@ void fused_residual_rmsnorm_forward(T* resid, T* out, float* rstd, const T* a, c
   fused_residual_norm<true, T>(resid, out, nullptr, rstd, a, b, w, nullptr, N, C, stream);
 }
 
+namespace {
+template <class T>
+__global__ void from_f32_kernel(T* dst, const float* src, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    dst[i] = from_f32<T>(src[i]);
+}
+}  // namespace
+
+template <class T>
+void convert_from_f32(T* dst, const float* src, int64_t n, cudaStream_t stream) {
+  if (n > 0) launch(from_f32_kernel<T>, grid_stride_blocks(n, 256), 256, 0, stream, dst, src, n);
+}
+
 size_t bias_backward_workspace_bytes(int N, int OC) {
   return size_t(bias_chunks(N)) * size_t(std::max(OC, 0)) * sizeof(float);
 }
@@ -207,7 +220,8 @@ void bias_backward(float* dbias, const T* dout, int N, int OC, void* workspace, 
                                                     const T*, int, int, cudaStream_t);                    \
   template void fused_residual_rmsnorm_forward<T>(T*, T*, float*, const T*, const T*, const T*, int, int, \
                                                   cudaStream_t);                                          \
-  template void bias_backward<T>(float*, const T*, int, int, void*, size_t, cudaStream_t);
+  template void bias_backward<T>(float*, const T*, int, int, void*, size_t, cudaStream_t);                 \
+  template void convert_from_f32<T>(T*, const float*, int64_t, cudaStream_t);
 SCMOE_ELEMENTWISE_INSTANTIATE(float)
 SCMOE_ELEMENTWISE_INSTANTIATE(bf16)
 

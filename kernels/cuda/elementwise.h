@@ -19,6 +19,8 @@ template <class T>
 void fill(T* y, float v, int64_t n, cudaStream_t stream);  // y = v (rounded to T)
 template <class T>
 void scale(T* y, float s, int64_t n, cudaStream_t stream);  // y *= s
+template <class T>
+void convert_from_f32(T* dst, const float* src, int64_t n, cudaStream_t stream);  // dst = src rounded to T
 
 // resid = a + b (rounded to T), then out = layernorm(resid) with fp32 statistics mean/rstd, exactly
 // as layernorm_forward(out, mean, rstd, resid, w, bias) would give (kernels/cuda/norm.h).

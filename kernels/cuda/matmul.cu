@@ -346,28 +346,80 @@ void matmul_backward(T* dinp, TG* dW, TG* dbias, const T* dout, const T* inp, co
   if (dbias) bias_grad(dbias, dout, N, OC, stream);
 }
 
+// Per-group bias of a uniform grouped product: out[g][r][c] += bias[g * stride + c].
 template <class T>
-void matmul_forward_grouped(T* out, const T* inp, const T* W, const T* bias, const int* rows, int G, int IC,
-                            int OC, cudaStream_t stream) {
-  int64_t off = 0;
-  for (int g = 0; g < G; g++) {
-    matmul_forward(out + off * OC, inp + off * IC, W + (int64_t)g * OC * IC,
-                   bias ? bias + (int64_t)g * OC : nullptr, rows[g], IC, OC, stream);
-    off += rows[g];
+__global__ void add_bias_grouped_kernel(T* out, const T* bias, int64_t stride, int64_t rows, int OC) {
+  const int g = blockIdx.y;
+  const int64_t n = rows * OC;
+  T* o = out + g * n;
+  const T* b = bias + g * stride;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    o[i] = from_f32<T>(to_f32(o[i]) + to_f32(b[i % OC]));
+}
+
+// Per-group bias gradient of a uniform grouped product (bias_grad_kernel with a group per blockIdx.y).
+template <class T, class TG>
+__global__ void bias_grad_grouped_kernel(TG* dbias, const T* dout, int64_t stride, int rows, int OC) {
+  __shared__ float part[kBiasRows][kBiasCols + 1];
+  const int g = blockIdx.y;
+  const int c = blockIdx.x * kBiasCols + threadIdx.x;
+  const T* d = dout + int64_t(g) * rows * OC;
+  float s = 0.f;
+  if (c < OC)
+    for (int n = threadIdx.y; n < rows; n += kBiasRows) s += to_f32(d[(int64_t)n * OC + c]);
+  part[threadIdx.y][threadIdx.x] = s;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < OC) {
+    float t = 0.f;
+    for (int y = 0; y < kBiasRows; y++) t += part[y][threadIdx.x];
+    TG* db = dbias + g * stride;
+    db[c] = from_f32<TG>(to_f32(db[c]) + t);
   }
 }
 
-template <class T, class TG>
-void matmul_backward_grouped(T* dinp, TG* dW, TG* dbias, const T* dout, const T* inp, const T* W,
-                             const int* rows, int G, int IC, int OC, bool accumulate_dinp,
-                             cudaStream_t stream) {
-  int64_t off = 0;
-  for (int g = 0; g < G; g++) {
-    matmul_backward<T, TG>(dinp ? dinp + off * IC : nullptr, dW + (int64_t)g * OC * IC,
-                           dbias ? dbias + (int64_t)g * OC : nullptr, dout + off * OC, inp + off * IC,
-                           W + (int64_t)g * OC * IC, rows[g], IC, OC, accumulate_dinp, stream);
-    off += rows[g];
+template <class T>
+void matmul_forward_grouped(T* out, const T* inp, const T* W, const T* bias, int64_t w_stride, const GroupRows& rows,
+                            int IC, int OC, cudaStream_t stream) {
+  if (rows.uniform()) {  // one batched GEMM over the groups, then their biases
+    if (rows.rows <= 0 || rows.groups <= 0) return;
+    const int R = int(rows.rows);
+    gemm_strided_batched<T, T>(false, true, R, OC, IC, 1.f, inp, IC, int64_t(R) * IC, W, IC, w_stride, 0.f, out, OC,
+                               int64_t(R) * OC, rows.groups, stream);
+    if (bias) {
+      const int threads = 256;
+      const unsigned blocks = std::max(1u, std::min(grid_stride_blocks(int64_t(R) * OC, threads), 4096u));
+      launch(add_bias_grouped_kernel<T>, dim3(blocks, rows.groups), dim3(threads), 0, stream, out, bias, w_stride,
+             int64_t(R), OC);
+    }
+    return;
   }
+  for (int g = 0; g < rows.groups; g++)
+    if (rows.size(g) > 0)
+      matmul_forward(out + rows.first(g) * OC, inp + rows.first(g) * IC, W + g * w_stride,
+                     bias ? bias + g * w_stride : nullptr, int(rows.size(g)), IC, OC, stream);
+}
+
+template <class T, class TG>
+void matmul_backward_grouped(T* dinp, TG* dW, TG* dbias, const T* dout, const T* inp, const T* W, int64_t w_stride,
+                             const GroupRows& rows, int IC, int OC, bool accumulate_dinp, cudaStream_t stream) {
+  if (rows.uniform()) {
+    if (rows.rows <= 0 || rows.groups <= 0) return;
+    const int R = int(rows.rows), G = rows.groups;
+    if (dinp)
+      gemm_strided_batched<T, T>(false, false, R, IC, OC, 1.f, dout, OC, int64_t(R) * OC, W, IC, w_stride,
+                                 accumulate_dinp ? 1.f : 0.f, dinp, IC, int64_t(R) * IC, G, stream);
+    gemm_strided_batched<T, TG>(true, false, OC, IC, R, 1.f, dout, OC, int64_t(R) * OC, inp, IC, int64_t(R) * IC, 1.f,
+                                dW, IC, w_stride, G, stream);
+    if (dbias)
+      launch(bias_grad_grouped_kernel<T, TG>, dim3(ceil_div(OC, kBiasCols), G), dim3(kBiasCols, kBiasRows), 0, stream,
+             dbias, dout, w_stride, R, OC);
+    return;
+  }
+  for (int g = 0; g < rows.groups; g++)
+    if (rows.size(g) > 0)
+      matmul_backward<T, TG>(dinp ? dinp + rows.first(g) * IC : nullptr, dW + g * w_stride,
+                             dbias ? dbias + g * w_stride : nullptr, dout + rows.first(g) * OC, inp + rows.first(g) * IC,
+                             W + g * w_stride, int(rows.size(g)), IC, OC, accumulate_dinp, stream);
 }
 
 #define SCMOE_GEMM_INSTANTIATE(T, TC)                                                                        \
@@ -378,8 +430,8 @@ void matmul_backward_grouped(T* dinp, TG* dW, TG* dbias, const T* dout, const T*
                                             cudaStream_t);                                                   \
   template void matmul_backward<T, TC>(T*, TC*, TC*, const T*, const T*, const T*, int, int, int, bool,      \
                                        cudaStream_t);                                                        \
-  template void matmul_backward_grouped<T, TC>(T*, TC*, TC*, const T*, const T*, const T*, const int*, int,  \
-                                               int, int, bool, cudaStream_t);
+  template void matmul_backward_grouped<T, TC>(T*, TC*, TC*, const T*, const T*, const T*, int64_t,           \
+                                               const GroupRows&, int, int, bool, cudaStream_t);
 SCMOE_GEMM_INSTANTIATE(float, float)
 SCMOE_GEMM_INSTANTIATE(bf16, bf16)
 SCMOE_GEMM_INSTANTIATE(bf16, float)
@@ -387,9 +439,9 @@ SCMOE_GEMM_INSTANTIATE(bf16, float)
 template void matmul_forward<float>(float*, const float*, const float*, const float*, int, int, int,
                                     cudaStream_t);
 template void matmul_forward<bf16>(bf16*, const bf16*, const bf16*, const bf16*, int, int, int, cudaStream_t);
-template void matmul_forward_grouped<float>(float*, const float*, const float*, const float*, const int*, int,
-                                            int, int, cudaStream_t);
-template void matmul_forward_grouped<bf16>(bf16*, const bf16*, const bf16*, const bf16*, const int*, int, int,
-                                           int, cudaStream_t);
+template void matmul_forward_grouped<float>(float*, const float*, const float*, const float*, int64_t,
+                                            const GroupRows&, int, int, cudaStream_t);
+template void matmul_forward_grouped<bf16>(bf16*, const bf16*, const bf16*, const bf16*, int64_t, const GroupRows&,
+                                           int, int, cudaStream_t);
 
 SCMOE_CUDA_END

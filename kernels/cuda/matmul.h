@@ -6,6 +6,7 @@
 #pragma once
 #include <cstdint>
 
+#include "kernels/backend_types.h"
 #include "kernels/cuda/abi.h"
 
 SCMOE_CUDA_BEGIN
@@ -41,15 +42,15 @@ template <class T, class TG = T>
 void matmul_backward(T* dinp, TG* dW, TG* dbias, const T* dout, const T* inp, const T* W, int N, int IC,
                      int OC, bool accumulate_dinp, cudaStream_t stream);
 
-// G independent linear layers (the MoE experts): group g takes `rows[g]` consecutive rows of inp
-// (groups one after another, rows[g] may be 0) through W + g*OC*IC and bias + g*OC. `rows` is a host
-// array. Equivalent to matmul_forward/backward per group.
+// G independent linear layers (a MoE layer's experts): group g takes the rows GroupRows gives it
+// (kernels/backend_types.h) of inp and out, through W + g * w_stride and bias + g * w_stride (bias may
+// be null; dW and dbias at the same strides). Groups of host-known sizes run one product each; uniform
+// groups (every group `rows.rows` rows, one after the other) run as one strided batched GEMM. Equivalent
+// to matmul_forward / matmul_backward per group.
 template <class T>
-void matmul_forward_grouped(T* out, const T* inp, const T* W, const T* bias, const int* rows, int G, int IC,
-                            int OC, cudaStream_t stream);
+void matmul_forward_grouped(T* out, const T* inp, const T* W, const T* bias, int64_t w_stride, const GroupRows& rows,
+                            int IC, int OC, cudaStream_t stream);
 template <class T, class TG = T>
-void matmul_backward_grouped(T* dinp, TG* dW, TG* dbias, const T* dout, const T* inp, const T* W,
-                             const int* rows, int G, int IC, int OC, bool accumulate_dinp,
-                             cudaStream_t stream);
-
+void matmul_backward_grouped(T* dinp, TG* dW, TG* dbias, const T* dout, const T* inp, const T* W, int64_t w_stride,
+                             const GroupRows& rows, int IC, int OC, bool accumulate_dinp, cudaStream_t stream);
 SCMOE_CUDA_END

@@ -307,6 +307,73 @@ __global__ void __launch_bounds__(kRowWarps * 32)
   }
 }
 
+// The fixed layout's admission (cpu::admit_rows_fixed), one block per local expert le. Its rows arrive
+// in slots (source r, le) of `capacity` rows cut into chunks of cr; within a slot, the rows of choice
+// j follow those of the earlier choices. Admission visits (choice, source) blocks in that order and takes
+// the first `capacity` rows; an admitted row's place in its (chunk, expert) segment counts the admitted
+// rows of that chunk before it in the same order. Thread 0 lays the blocks out in shared memory
+// (rows n, slot start, admitted a); then every thread places receive rows.
+__device__ __forceinline__ int64_t clamp64(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : v > hi ? hi : v; }
+// |[a0, a1) intersected with [b0, b1)|
+__device__ __forceinline__ int64_t overlap(int64_t a0, int64_t a1, int64_t b0, int64_t b1) {
+  const int64_t lo = a0 > b0 ? a0 : b0, hi = a1 < b1 ? a1 : b1;
+  return hi > lo ? hi - lo : 0;
+}
+__global__ void admit_fixed_kernel(const int64_t* recv_bucket, int W, int El, int k, int64_t capacity, int64_t cr,
+                                   int P, int64_t seg_rows, int32_t* expert_row, int64_t* seg_counts,
+                                   unsigned long long* dropped) {
+  SCMOE_DYNAMIC_SHARED(int64_t, sh);
+  const int le = blockIdx.x, O = W * k;  // blocks in admission order o = j * W + r
+  int64_t *n = sh, *before = sh + O, *adm = sh + 2 * O;
+  if (threadIdx.x == 0) {
+    int64_t taken = 0, lost = 0;
+    for (int j = 0; j < k; j++)
+      for (int r = 0; r < W; r++) {
+        const int o = j * W + r;
+        const int64_t* b = recv_bucket + ((int64_t)r * El + le) * k;
+        int64_t start = 0;
+        for (int jj = 0; jj < j; jj++) start += b[jj];
+        n[o] = b[j], before[o] = start;
+        adm[o] = clamp64(capacity - taken, 0, n[o]);
+        taken += n[o], lost += n[o] - adm[o];
+      }
+    for (int c = 0; c < P; c++) {  // admitted rows per chunk
+      int64_t cnt = 0;
+      for (int o = 0; o < O; o++)
+        cnt += overlap(before[o], before[o] + adm[o], c * cr, (c + 1) * cr);
+      seg_counts[(int64_t)c * El + le] = cnt;
+    }
+    if (lost) atomicAdd(dropped, (unsigned long long)lost);
+  }
+  __syncthreads();
+  const int64_t rows = (int64_t)P * W * cr;  // this expert's receive rows: (chunk, source, slot row)
+  for (int64_t q = threadIdx.x; q < rows; q += blockDim.x) {
+    const int c = int(q / (W * cr)), r = int(q / cr % W);
+    const int64_t i = c * cr + q % cr;  // the row's index in its slot
+    int32_t out = -1;
+    for (int j = 0; j < k; j++) {
+      const int o = j * W + r;
+      if (i < before[o] || i >= before[o] + n[o]) continue;
+      if (i - before[o] < adm[o]) {
+        int64_t at = i - (before[o] > c * cr ? before[o] : c * cr);  // this block's admitted rows before i
+        for (int p = 0; p < o; p++)
+          at += overlap(before[p], before[p] + adm[p], c * cr, (c + 1) * cr);
+        out = int32_t(((int64_t)c * El + le) * seg_rows + at);
+      }
+      break;
+    }
+    expert_row[(((int64_t)c * W + r) * El + le) * cr + q % cr] = out;
+  }
+}
+
+// dropped = the assignments this rank did not send (beyond a slot's capacity): N*k - sum(send_bucket).
+__global__ void not_sent_kernel(const int64_t* send_bucket, int B, int64_t assignments, unsigned long long* dropped) {
+  if (threadIdx.x != 0) return;
+  int64_t sent = 0;
+  for (int b = 0; b < B; b++) sent += send_bucket[b];
+  *dropped = (unsigned long long)(assignments - sent);
+}
+
 unsigned row_blocks(int64_t rows) {
   return (unsigned)std::min<int64_t>(ceil_div(rows, kRowWarps), 65535 * 16);
 }
@@ -428,5 +495,21 @@ void combine_backward(T* dye, float* dgate, const T* dy, const T* ye, const floa
 SCMOE_PERMUTE_INSTANTIATE(float)
 SCMOE_PERMUTE_INSTANTIATE(bf16)
 #undef SCMOE_PERMUTE_INSTANTIATE
+
+void admit_rows_fixed(const int64_t* recv_bucket, const int64_t* send_bucket, int64_t assignments, int W, int El,
+                      int E, int k, int64_t capacity, int64_t chunk_rows, int P, int32_t* expert_row,
+                      int64_t* seg_counts, int64_t* dropped, cudaStream_t stream) {
+  SCMOE_CHECK(capacity >= 0 && chunk_rows > 0 && chunk_rows * P >= capacity,
+              "admit_rows_fixed: chunks do not cover the capacity");
+  SCMOE_CHECK((int64_t)W * k <= kAdmitMaxBlocks, "admit_rows_fixed: " << W << " ranks x top-" << k
+                                                                       << " exceed the kernel's limit of "
+                                                                       << kAdmitMaxBlocks << " blocks per expert");
+  auto* d = reinterpret_cast<unsigned long long*>(dropped);
+  launch(not_sent_kernel, 1, 32, 0, stream, send_bucket, E * k, assignments, d);
+  const int64_t seg_rows = capacity < (int64_t)W * chunk_rows ? capacity : (int64_t)W * chunk_rows;
+  if (El > 0)
+    launch(admit_fixed_kernel, El, 256, (size_t)3 * W * k * sizeof(int64_t), stream, recv_bucket, W, El, k, capacity,
+           chunk_rows, P, seg_rows, expert_row, seg_counts, d);
+}
 
 SCMOE_CUDA_END

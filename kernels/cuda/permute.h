@@ -36,6 +36,14 @@ void route_sort(const int32_t* topk_idx, int N, int k, int E, int32_t* send_pos,
 void fixed_capacity_slots(const int32_t* topk_idx, int N, int k, int E, int64_t capacity, int64_t chunk_rows,
                           int32_t* send_pos, int64_t* bucket, void* workspace, cudaStream_t stream);
 
+// cpu::admit_rows_fixed (padded segments) on the device, so that no count is read on the host:
+// expert_row for every receive row (P*W*El*chunk_rows), seg_counts[P*El]; *dropped = the expert side's
+// drops plus the assignments this rank did not send (its send_bucket[E*k] holds what it sent of
+// `assignments`). Requires W*k <= kAdmitMaxBlocks.
+constexpr int kAdmitMaxBlocks = 1024;
+void admit_rows_fixed(const int64_t* recv_bucket, const int64_t* send_bucket, int64_t assignments, int W, int El,
+                      int E, int k, int64_t capacity, int64_t chunk_rows, int P, int32_t* expert_row,
+                      int64_t* seg_counts, int64_t* dropped, cudaStream_t stream);
 // dst[map[i]] = src[i] for every map[i] >= 0 (rows of C).
 template <class T>
 void scatter_rows(T* dst, const T* src, const int32_t* map, int64_t rows, int C, cudaStream_t stream);

@@ -333,6 +333,36 @@ void gate_noise_backward(T* dlogits, const T* noise_pre, const float* eps, int64
   launch(gate_noise_backward_kernel<T>, grid_stride_blocks(n, 256), 256, 0, stream, dlogits, noise_pre, eps, n);
 }
 
+// The router's statistics for the all-reduce over ranks, and back (cpu::router_stats_pack/unpack):
+// one thread, E values, in the CPU's order and arithmetic (double).
+__global__ void router_stats_pack_kernel(double* buf, const int64_t* counts, const float* pmean, const float* losses,
+                                         int N, int E) {
+  if (threadIdx.x != 0 || blockIdx.x != 0) return;
+  for (int e = 0; e < E; e++) buf[e] = double(counts[e]), buf[E + e] = double(pmean[e]) * N;
+  buf[2 * E] = double(losses[1]) * N;
+}
+__global__ void router_stats_unpack_kernel(int64_t* counts, float* losses, const double* buf, int64_t N_global, int k,
+                                           int E) {
+  if (threadIdx.x != 0 || blockIdx.x != 0) return;
+  const double Ng = double(N_global);
+  double aux = 0;
+  for (int e = 0; e < E; e++) {
+    counts[e] = (int64_t)llround(buf[e]);
+    aux += (buf[E + e] / Ng) * buf[e] / (Ng * k);
+  }
+  losses[0] = float(aux * E);
+  losses[1] = float(buf[2 * E] / Ng);
+}
+
+void router_stats_pack(double* buf, const int64_t* counts, const float* pmean, const float* losses, int N, int E,
+                       cudaStream_t stream) {
+  launch(router_stats_pack_kernel, 1, 32, 0, stream, buf, counts, pmean, losses, N, E);
+}
+void router_stats_unpack(int64_t* counts, float* losses, const double* buf, int64_t N_global, int k, int E,
+                         cudaStream_t stream) {
+  launch(router_stats_unpack_kernel, 1, 32, 0, stream, counts, losses, buf, N_global, k, E);
+}
+
 template void gate_noise_forward<float>(float*, const float*, const float*, int64_t, cudaStream_t);
 template void gate_noise_forward<bf16>(bf16*, const bf16*, const float*, int64_t, cudaStream_t);
 template void gate_noise_backward<float>(float*, const float*, const float*, int64_t, cudaStream_t);

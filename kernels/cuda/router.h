@@ -47,4 +47,12 @@ void gate_noise_forward(T* logits, const T* noise_pre, const float* eps, int64_t
 template <class T>
 void gate_noise_backward(T* dlogits, const T* noise_pre, const float* eps, int64_t n, cudaStream_t stream);
 
+// The router's statistics over ranks (cpu::router_stats_pack / unpack, same arithmetic in double):
+// pack buf[2E+1] = {counts[e], N * pmean[e], N * z} for an all-reduce; unpack the global counts (for the
+// backward) and losses[0..1] = {aux, z} over N_global tokens.
+void router_stats_pack(double* buf, const int64_t* counts, const float* pmean, const float* losses, int N, int E,
+                       cudaStream_t stream);
+void router_stats_unpack(int64_t* counts, float* losses, const double* buf, int64_t N_global, int k, int E,
+                         cudaStream_t stream);
+
 SCMOE_CUDA_END

@@ -1,2 +1,1 @@
-set(SCMOE_EMU_DEPS_gpt_cuda adamw attention crossentropy elementwise encoder gelu matmul norm router permute gates)
-list(APPEND SCMOE_EMU_DEPS_gpt_cuda device_memory)
+set(SCMOE_EMU_DEPS_gpt_cuda all)

@@ -1,6 +1,7 @@
-// Expert parallelism on the CUDA backend: GptCuda on each of W ranks (started by train/launch) against
-// the CPU backend's GPT<float> on the same rank, both expert parallel over the same communicator
-// layout (rank r holds experts [r*E/W, (r+1)*E/W)) and data parallel over the replicated weights.
+// Expert parallelism on the CUDA backend: GPT<cuda::Cuda<T>> on each of W ranks (started by
+// train/launch) against GPT<Cpu<float>> on the same rank, the same model code on the two kernel sets,
+// both expert parallel over the same layout (rank r holds experts [r*E/W, (r+1)*E/W)) and data parallel
+// over the replicated weights; each optimizer step is optim/adamw.h's on its backend.
 // Per rank and step: the local loss (1e-5 relative), the router's global statistics (aux, z; the
 // admitted rows of this rank's experts exactly; drops summed over ranks exactly), every local gradient
 // before the all-reduce (2e-3 of the tensor's largest), then the clipped global gradient norm and one
@@ -17,8 +18,7 @@
 
 #include "comm/communicator.h"
 #include "core/rng.h"
-#include "model/gpt.h"
-#include "model/gpt_cuda.h"
+#include "model/cuda_models.h"
 #include "optim/adamw.h"
 #include "tests/emu/kernel_test.h"
 #if !defined(SCMOE_SIMT_EMU) && defined(SCMOE_HAVE_NCCL)
@@ -44,49 +44,55 @@ void check(const Case& c, Communicator& host, Communicator& dev) {
   base.insert(base.end(), c.sets.begin(), c.sets.end());
   Config cfg = load_config("", base);
   const int B = cfg.train.batch_size, N = B * cfg.model.seq_len, V = cfg.model.vocab_size;
-  GPT<float> cpu(cfg, B, &host);
+  GPT<Cpu<float>> cpu(cfg, B, &host);
   cpu.init(11);
   Rng r(5);
   for (const auto& s : cpu.table().specs())  // norms and biases away from 1 and 0
     if (!s.decay)
       for (size_t i = 0; i < s.numel; i++) cpu.params()[s.offset + i] += float(0.2 * r.normal());
   const size_t P = cpu.table().total();
-  cuda::GptCuda<float> gpu(cfg, cpu.table(), B, nullptr, 0, &dev);
-  cuda::GptCuda<cuda::bf16> gpu16(cfg, cpu.table(), B, nullptr, 0, &dev);  // bf16 rows travel as bytes
+  cuda::Cuda<float>::attention_override() = cuda::Cuda<cuda::bf16>::attention_override() = 0;
+  GPT<cuda::Cuda<float>> gpu(cfg, B, &dev);
+  GPT<cuda::Cuda<cuda::bf16>> gpu16(cfg, B, &dev);  // bf16 rows travel as bytes
   gpu.set_params(cpu.params());
   gpu16.set_params(cpu.params());
   if (rank == 0) std::printf("%s: %d ranks, %zu parameters per rank [%s]\n", c.label, W, P, kt::mode());
 
-  AdamW<float> opt(cfg.optim, cpu.table());
+  AdamW<Cpu<float>> opt(cfg.optim, cpu);
+  AdamW<cuda::Cuda<float>> opt_gpu(cfg.optim, gpu);
+  AdamW<cuda::Cuda<cuda::bf16>> opt_16(cfg.optim, gpu16);
   Rng data(21), noise_cpu(77), noise_gpu(77), noise_16(77);
   std::vector<int32_t> all_in(size_t(N) * W), all_tg(size_t(N) * W);
   for (int step = 1; step <= 2; step++) {
     for (size_t i = 0; i < all_in.size(); i++) all_in[i] = int32_t(data.next_u64() % V), all_tg[i] = int32_t(data.next_u64() % V);
     const int32_t* in = all_in.data() + size_t(rank) * N;
     const int32_t* tg = all_tg.data() + size_t(rank) * N;
-    const float scale = 1.0f / float(N * W);  // the trainer's grad_scale: this rank's share of the global mean
+    const double scale = 1.0 / double(N * W);  // the trainer's grad_scale: this rank's share of the global mean
     cpu.zero_grad(), gpu.zero_grad(), gpu16.zero_grad();
     const double l_cpu = cpu.forward(in, tg, scale, &noise_cpu);
     cpu.backward();
-    const double l_gpu = gpu.forward(in, tg, scale, &noise_gpu);
+    gpu.forward_async(in, tg, scale, &noise_gpu);
     gpu.backward();
-    const double l_16 = gpu16.forward(in, tg, scale, &noise_16);
+    const double l_gpu = gpu.loss();
+    gpu16.forward_async(in, tg, scale, &noise_16);
     gpu16.backward();
+    const double l_16 = gpu16.loss();
     std::printf("  rank %d step %d: loss cpu %.7f cuda %.7f cuda-bf16 %.5f\n", rank, step, l_cpu, l_gpu, l_16);
     CHECK_NEAR(l_gpu, l_cpu, (step == 1 ? 1e-5 : 1e-3) * std::fabs(l_cpu));
     CHECK_NEAR(l_16, l_cpu, 0.03 * std::fabs(l_cpu));
     if (step == 1) {
       // Router: global losses, this rank's experts' admitted rows, drops over all ranks.
       const auto want = cpu.moe_stats();
-      const auto& got = gpu.moe_stats();
+      const auto got = gpu.moe_stats();
       CHECK(got.size() == want.size());
       int64_t drops[2] = {0, 0};
       for (size_t i = 0; i < std::min(got.size(), want.size()); i++) {
-        const MoeStats& w = *want[i].second;
-        CHECK(got[i].tokens_per_expert == w.tokens_per_expert);
-        CHECK_NEAR(got[i].aux, w.aux, 1e-5 * std::fabs(w.aux) + 1e-7);
-        CHECK_NEAR(got[i].z, w.z, 1e-5 * std::fabs(w.z) + 1e-7);
-        drops[0] += got[i].dropped, drops[1] += w.dropped;
+        const MoeStats& w = want[i].second;
+        const MoeStats& g = got[i].second;
+        CHECK(g.tokens_per_expert == w.tokens_per_expert);
+        CHECK_NEAR(g.aux, w.aux, 1e-5 * std::fabs(w.aux) + 1e-7);
+        CHECK_NEAR(g.z, w.z, 1e-5 * std::fabs(w.z) + 1e-7);
+        drops[0] += g.dropped, drops[1] += w.dropped;
       }
       host.all_reduce_sum(drops, 2, DType::i64, nullptr);
       if (rank == 0) std::printf("  dropped over ranks: cuda %lld cpu %lld\n", (long long)drops[0], (long long)drops[1]);
@@ -107,19 +113,11 @@ void check(const Case& c, Communicator& host, Communicator& dev) {
       }
       std::printf("  rank %d gradients: worst difference %.3g of the tensor's largest\n", rank, worst);
     }
-    // The CPU trainer's reduction, norm and clipping (Trainer<T>::train_step), then AdamW on both sides.
-    for (const auto& [b, e] : cpu.table().replicated_ranges())
-      host.all_reduce_sum(cpu.grads() + b, e - b, DType::f32, nullptr);
-    double rep_sq = 0, exp_sq = 0;
-    for (const auto& s : cpu.table().specs()) {
-      const double n = global_norm(cpu.grads() + s.offset, s.numel);
-      (s.expert ? exp_sq : rep_sq) += n * n;
-    }
-    host.all_reduce_sum(&exp_sq, 1, DType::f64, nullptr);
-    const double norm = std::sqrt(rep_sq + exp_sq), mult = norm > cfg.optim.grad_clip ? cfg.optim.grad_clip / norm : 1.0;
-    opt.step(cpu.params(), cpu.grads(), cfg.optim.lr, mult);
-    const float gnorm = gpu.step(cfg.optim.lr, step);
-    const float gnorm16 = gpu16.step(cfg.optim.lr, step);
+    // The optimizer step on each backend: replicated gradients summed over ranks, the global norm
+    // (experts counted once), clipping, AdamW.
+    const double norm = opt.step(cfg.optim.lr, &host);
+    const double gnorm = opt_gpu.step(cfg.optim.lr, &dev);
+    const double gnorm16 = opt_16.step(cfg.optim.lr, &dev);
     CHECK_NEAR(gnorm16, norm, 0.05 * norm);
     CHECK_NEAR(gnorm, norm, (step == 1 ? 1e-4 : 1e-2) * norm);
     if (step == 1) {

@@ -1,11 +1,12 @@
-// Generation on the CUDA backend (model/infer_cuda.h) against the CPU generator (model/infer.h) on the
-// same weights: every architecture, greedy decoding across window slides, the logits of every step
+// Generation on the CUDA backend (Generator<cuda::Cuda<T>>) against the CPU backend's
+// (Generator<Cpu<float>>), the same generator code (model/infer.h) on the two kernel sets, on the same
+// weights: every architecture, greedy decoding across window slides, the logits of every step
 // (fp32: within 1e-4 of the largest logit, and the same greedy tokens; bf16: within 6% — bf16 keeps 8
 // mantissa bits and the error grows through 4 blocks). Expert offloading on the device against the
 // resident device model: bit-identical logits and sampled tokens for 1 slot / k slots / all slots and
 // every migration mode, with consistent counters and the device memory it saves.
-// Emulated in CI (every kernel under the SIMT emulation, the CPU's copy thread as the copy engine);
-// natively with a GPU (cudaMemcpyAsync on a copy stream, events, pinned host memory).
+// Emulated in CI (every kernel under the SIMT emulation on its stream's thread, the copy stream a thread
+// too); natively with a GPU (cudaMemcpyAsync on a copy stream, events, pinned host memory).
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -14,9 +15,7 @@
 #include <vector>
 
 #include "core/rng.h"
-#include "model/gpt.h"
-#include "model/infer.h"
-#include "model/infer_cuda.h"
+#include "model/cuda_models.h"
 #include "model/sampler.h"
 #include "tests/infer_testing.h"
 #include "tests/emu/kernel_test.h"
@@ -37,10 +36,10 @@ int argmax(const float* v, int n) {
 template <class T>
 double compare_with_cpu(const char* label, const std::vector<std::string>& sets, int* token_mismatches) {
   Config cfg = config_of(sets);
-  GPT<float> m(cfg, 1);
-  randomise(m, 11);
-  Generator<float> cpu(m, cfg.inference);
-  cuda::GeneratorCuda<T> gpu(cfg, m.table(), m.params());
+  GPT<Cpu<float>> m(cfg, 1);
+  const std::vector<float> params = randomise(m, 11);
+  Generator<Cpu<float>> cpu(cfg, params.data());
+  Generator<cuda::Cuda<T>> gpu(cfg, params.data());
   const int V = cfg.model.vocab_size, steps = 2 * cfg.model.seq_len;  // 2 window slides
   double worst = 0;
   int32_t tok = 5;
@@ -65,8 +64,8 @@ double compare_with_cpu(const char* label, const std::vector<std::string>& sets,
 
 // Samples n tokens (temperature 1, seeded) after a short prompt on the device.
 template <class T>
-Run generate(const Config& cfg, GPT<float>& m, int n, uint64_t seed) {
-  cuda::GeneratorCuda<T> gen(cfg, m.table(), m.params());
+Run generate(const Config& cfg, const std::vector<float>& params, int n, uint64_t seed) {
+  Generator<cuda::Cuda<T>> gen(cfg, params.data());
   return infer_testing::sample_run(gen, cfg.model.vocab_size, n, seed);
 }
 
@@ -84,14 +83,14 @@ using Modes = std::vector<std::pair<int, const char*>>;  // (slots, migration); 
 template <class T>
 void check_offload_identical(const char* label, const std::vector<std::string>& sets, int k, const Modes& modes) {
   Config cfg = config_of(sets);
-  GPT<float> m(cfg, 1);
-  randomise(m, 5);
+  GPT<Cpu<float>> m(cfg, 1);
+  const std::vector<float> params = randomise(m, 5);
   const int n = 14, E = cfg.moe.num_experts;
-  const Run base = generate<T>(cfg, m, n, 99);
+  const Run base = generate<T>(cfg, params, n, 99);
   CHECK(base.stats.transfers == 0 && base.layers.empty());
   for (auto [slots, mig] : modes) {
       if (slots == 0) slots = E;
-      const Run r = generate<T>(with_offload(cfg, slots, mig), m, n, 99);
+      const Run r = generate<T>(with_offload(cfg, slots, mig), params, n, 99);
       bool same = r.logits.size() == base.logits.size();
       for (size_t i = 0; same && i < r.logits.size(); i++)
         same = std::memcmp(r.logits[i].data(), base.logits[i].data(), r.logits[i].size() * sizeof(float)) == 0;
@@ -153,8 +152,8 @@ int main() {
   // Errors name the key and the range.
   {
     Config cfg = with_offload(config_of({"model.arch=moe", "moe.top_k=2"}), 1, "async");
-    GPT<float> m(cfg, 1);
-    CHECK_THROWS_WITH(cuda::GeneratorCuda<float>(cfg, m.table(), m.params()),
+    GPT<Cpu<float>> m(cfg, 1);
+    CHECK_THROWS_WITH(Generator<cuda::Cuda<float>>(cfg, m.params()),
                       "inference.expert_cache_slots (1) must be between moe.top_k (2)");
   }
   TEST_MAIN_END();

@@ -179,40 +179,45 @@ void check_linear(int N, int IC, int OC, bool with_bias, bool accumulate, bool w
   kt::expect_close(name + " bf16 dbias(fp32)", fdb.download(), dbb, kRtol32, kAtol32 * max_abs(dbb));
 }
 
-// Experts: groups of 5, 0, 17 and 1 rows, each with its own weights and bias.
-void check_grouped(int schedules) {
-  const std::vector<int> rows = {5, 0, 17, 1};
-  const int G = int(rows.size()), IC = 33, OC = 65;
-  int N = 0;
-  for (int r : rows) N += r;
-  std::vector<float> x = kt::random_vec((size_t)N * IC, 21), W = kt::random_vec((size_t)G * OC * IC, 22),
-                     b = kt::random_vec((size_t)G * OC, 23), dy = kt::random_vec((size_t)N * OC, 24),
-                     dW0 = kt::random_vec((size_t)G * OC * IC, 25), db0 = kt::random_vec((size_t)G * OC, 26);
-  std::vector<double> xd = to_d(x), Wd = to_d(W), bd = to_d(b), dyd = to_d(dy);
-  std::vector<double> y((size_t)N * OC), dx((size_t)N * IC), dW = to_d(dW0), db = to_d(db0);
-  int64_t off = 0;
+// Experts: each group's weight and bias inside one span of a parameter buffer (stride apart, as a MoE
+// layer's experts are), rows given per group on the host (5, 0, 17 and 1: an empty group) or uniform (7
+// rows each: one batched GEMM).
+void check_grouped(bool uniform, int schedules) {
+  const std::vector<int64_t> count = uniform ? std::vector<int64_t>{7, 7, 7, 7} : std::vector<int64_t>{5, 0, 17, 1};
+  const int G = int(count.size()), IC = 33, OC = 65;
+  const int64_t stride = int64_t(OC) * IC + OC + 29;  // W, then the bias, then padding
+  std::vector<int64_t> first(G);
+  int64_t N = 0;
+  for (int g = 0; g < G; g++) first[g] = N, N += count[g];
+  scmoe::GroupRows rows;
+  rows.groups = G;
+  if (uniform) rows.rows = 7;
+  else rows.begin = first.data(), rows.count = count.data();
+  std::vector<float> x = kt::random_vec((size_t)N * IC, 21), P = kt::random_vec((size_t)G * stride, 22),
+                     dy = kt::random_vec((size_t)N * OC, 24), dP0 = kt::random_vec((size_t)G * stride, 25);
+  std::vector<double> xd = to_d(x), Pd = to_d(P), dyd = to_d(dy);
+  std::vector<double> y((size_t)N * OC), dx((size_t)N * IC), dP = to_d(dP0);
   for (int g = 0; g < G; g++) {
-    scmoe::cpu::matmul_forward<double>(y.data() + off * OC, xd.data() + off * IC,
-                                       Wd.data() + (size_t)g * OC * IC, bd.data() + (size_t)g * OC, rows[g],
-                                       IC, OC);
-    scmoe::cpu::matmul_backward<double>(
-        dx.data() + off * IC, dW.data() + (size_t)g * OC * IC, db.data() + (size_t)g * OC,
-        dyd.data() + off * OC, xd.data() + off * IC, Wd.data() + (size_t)g * OC * IC, rows[g], IC, OC, false);
-    off += rows[g];
+    const size_t w = size_t(g * stride), b = w + size_t(OC) * IC;
+    scmoe::cpu::matmul_forward<double>(y.data() + first[g] * OC, xd.data() + first[g] * IC, Pd.data() + w,
+                                       Pd.data() + b, int(count[g]), IC, OC);
+    scmoe::cpu::matmul_backward<double>(dx.data() + first[g] * IC, dP.data() + w, dP.data() + b,
+                                        dyd.data() + first[g] * OC, xd.data() + first[g] * IC, Pd.data() + w,
+                                        int(count[g]), IC, OC, false);
   }
   kt::for_each_schedule(schedules, [&](int) {
-    kt::Buf<float> dx_(x), dW_(W), db_(b), ddy(dy), out((size_t)N * OC), ddx((size_t)N * IC), ddW(dW0),
-        ddb(db0);
-    cu::matmul_forward_grouped<float>(out.get(), dx_.get(), dW_.get(), db_.get(), rows.data(), G, IC, OC,
+    kt::Buf<float> dx_(x), dP_(P), ddy(dy), out((size_t)N * OC), ddx((size_t)N * IC), ddP(dP0);
+    const int64_t bias = int64_t(OC) * IC;
+    cu::matmul_forward_grouped<float>(out.get(), dx_.get(), dP_.get(), dP_.get() + bias, stride, rows, IC, OC,
                                       nullptr);
-    cu::matmul_backward_grouped<float>(ddx.get(), ddW.get(), ddb.get(), ddy.get(), dx_.get(), dW_.get(),
-                                       rows.data(), G, IC, OC, false, nullptr);
+    cu::matmul_backward_grouped<float>(ddx.get(), ddP.get(), ddP.get() + bias, ddy.get(), dx_.get(), dP_.get(),
+                                       stride, rows, IC, OC, false, nullptr);
     kt::sync();
-    kt::expect_close("grouped out", out.download(), y, kRtol32, kAtol32 * max_abs(y));
-    kt::expect_close("grouped dinp", ddx.download(), dx, kRtol32, kAtol32 * max_abs(dx));
-    // The empty group's dW and dbias must stay exactly as they were.
-    kt::expect_close("grouped dW", ddW.download(), dW, kRtol32, kAtol32 * max_abs(dW));
-    kt::expect_close("grouped dbias", ddb.download(), db, kRtol32, kAtol32 * max_abs(db));
+    const std::string t = uniform ? " (uniform)" : "";
+    kt::expect_close("grouped out" + t, out.download(), y, kRtol32, kAtol32 * max_abs(y));
+    kt::expect_close("grouped dinp" + t, ddx.download(), dx, kRtol32, kAtol32 * max_abs(dx));
+    // The empty group's gradients, and the padding between groups, must stay exactly as they were.
+    kt::expect_close("grouped dW, dbias" + t, ddP.download(), dP, kRtol32, kAtol32 * max_abs(dP));
   });
 }
 
@@ -240,7 +245,8 @@ int main() {
     check_linear(17, 65, 33, false, true, true, schedules);
     check_linear(130, 63, 65, true, true, false, schedules);
     check_linear(65, 1, 130, true, false, true, schedules);
-    check_grouped(schedules);
+    check_grouped(false, schedules);
+    check_grouped(true, schedules);
   }
   TEST_MAIN_END();
 }

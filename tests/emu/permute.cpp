@@ -116,6 +116,53 @@ void check_source_side(const std::string& tag, const I32& idx, int N, int k, int
   }
 }
 
+// The fixed layout's admission on the device equals the CPU's (padded segments, the same rows in the
+// same places, counts and drops) for receive counts from W ranks that overflow the capacity or not,
+// with the assignments this rank did not send counted as drops.
+void check_admit_fixed() {
+  struct C {
+    int W, El, k, P;
+    int64_t capacity;
+  };
+  for (const C c : {C{1, 4, 2, 1, 5}, C{2, 3, 2, 1, 4}, C{3, 2, 1, 2, 7}, C{4, 2, 3, 3, 6}, C{2, 5, 2, 2, 1}}) {
+    const int E = c.W * c.El, B = E * c.k;
+    const int64_t cr = (c.capacity + c.P - 1) / c.P;
+    scmoe::Rng r(uint64_t(c.W * 100 + c.El * 10 + c.k));
+    // Rows each source sends per (local expert, choice): at most `capacity` per slot (fixed_capacity_slots).
+    I64 recv(size_t(c.W) * c.El * c.k), send(B);
+    for (int rr = 0; rr < c.W; rr++)
+      for (int le = 0; le < c.El; le++) {
+        int64_t left = c.capacity;
+        for (int j = 0; j < c.k; j++) {
+          const int64_t n = std::min<int64_t>(left, int64_t(r.next_u64() % uint64_t(c.capacity + 1)));
+          recv[(size_t(rr) * c.El + le) * c.k + j] = n, left -= n;
+        }
+      }
+    for (int b = 0; b < B; b++) send[b] = int64_t(r.next_u64() % 3);
+    const int64_t assignments = 50;
+    const size_t rows = size_t(c.P) * E * cr;
+    I32 row_ref(rows);
+    I64 seg_ref(size_t(c.P) * c.El), off_ref(size_t(c.P) * c.El + 1);
+    int64_t sent = 0;
+    for (int64_t v : send) sent += v;
+    const int64_t drop_ref = cpu::admit_rows_fixed(recv.data(), c.W, c.El, c.k, c.capacity, cr, c.P, row_ref.data(),
+                                                   seg_ref.data(), off_ref.data()) +
+                             (assignments - sent);
+    kt::Buf<int64_t> drecv(recv), dsend(send), dseg(seg_ref.size()), ddrop(1);
+    kt::Buf<int32_t> drow(rows);
+    cu::admit_rows_fixed(drecv.get(), dsend.get(), assignments, c.W, c.El, E, c.k, c.capacity, cr, c.P, drow.get(),
+                         dseg.get(), ddrop.get(), nullptr);
+    kt::sync();
+    const std::string t = "admit_rows_fixed W=" + std::to_string(c.W) + " El=" + std::to_string(c.El) +
+                          " k=" + std::to_string(c.k) + " P=" + std::to_string(c.P);
+    kt::expect_equal(t + " expert_row", drow.download(), row_ref);
+    kt::expect_equal(t + " seg_counts", dseg.download(), seg_ref);
+    kt::expect_equal(t + " dropped", ddrop.download(), I64{drop_ref});
+    // Segments are fixed-size: segment s starts at s * min(capacity, W * chunk_rows).
+    CHECK(off_ref[1] == std::min<int64_t>(c.capacity, int64_t(c.W) * cr));
+  }
+}
+
 F rounded(const F& v) { return kt::to_floats(kt::to_bf16(v)); }
 
 // The row kernels on a given plan, float then bf16 storage. `rows` = kept rows (offsets[E]).
@@ -299,6 +346,7 @@ void test_errors() {
 int main() {
   kt::require_device();
   test_plans();
+  kt::for_each_schedule(2, [](int) { check_admit_fixed(); });
   test_rows();
   kt::for_each_schedule(3, [](int) { test_big_plan(); });
   test_errors();

@@ -190,8 +190,38 @@ void test_gate_noise(int64_t n, float tol) {
 }
 }  // namespace
 
+// The statistics' pack for the all-reduce over ranks and the unpack of the summed buffer: the CPU's
+// arithmetic in double (float inputs), so the device's global counts equal the CPU's and the losses
+// agree to float rounding.
+void test_stats_pack() {
+  const int E = 6, N = 13, k = 2;
+  const int64_t Ng = 3 * N;
+  const I64 counts = {3, 0, 7, 5, 6, 5};
+  const std::vector<float> pmean = {0.1f, 0.05f, 0.3f, 0.2f, 0.25f, 0.1f}, losses = {1.25f, 3.5f};
+  std::vector<double> pmean_d(pmean.begin(), pmean.end()), losses_d(losses.begin(), losses.end());
+  D buf_ref(2 * E + 1);
+  scmoe::cpu::router_stats_pack(buf_ref.data(), counts.data(), pmean_d.data(), losses_d.data(), N, E);
+  kt::Buf<int64_t> dcounts(counts);
+  kt::Buf<float> dpmean(pmean), dlosses(losses);
+  kt::Buf<double> dbuf(buf_ref.size());
+  scmoe::cuda::router_stats_pack(dbuf.get(), dcounts.get(), dpmean.get(), dlosses.get(), N, E, nullptr);
+  kt::sync();
+  kt::expect_close("router_stats_pack", dbuf.download(), buf_ref, 1e-7, 1e-9);
+  D summed = buf_ref;  // as if three ranks had sent the same
+  for (double& v : summed) v *= 3;
+  I64 counts_ref(E);
+  D losses_ref(2);
+  scmoe::cpu::router_stats_unpack(counts_ref.data(), losses_ref.data(), summed.data(), Ng, k, E);
+  kt::Buf<double> dsummed(summed);
+  scmoe::cuda::router_stats_unpack(dcounts.get(), dlosses.get(), dsummed.get(), Ng, k, E, nullptr);
+  kt::sync();
+  kt::expect_equal("router_stats_unpack counts", dcounts.download(), counts_ref);
+  kt::expect_close("router_stats_unpack losses", dlosses.download(), losses_ref, 1e-6, 0);
+}
+
 int main() {
   kt::require_device();
+  test_stats_pack();
   test_case(1, 1, 1, false, 0.7f, 0.3f);
   test_case(37, 4, 2, true, 0.7f, 0.3f);
   test_case(37, 7, 3, false, 0.7f, 0.0f);

@@ -7,7 +7,9 @@
 // exited) are reported as errors instead of hanging.
 //
 // Kernel sources include this through kernels/cuda/common.cuh when SCMOE_SIMT_EMU is defined; they
-// must use only what is defined here (and cuda_bf16.h, which works in host code).
+// must use only what is defined here (and cuda_bf16.h, which works in host code). The emulator's state
+// is per host thread, so that kernels of different streams (async_runtime.h: a thread per stream) run
+// at once: a block's shared memory (function-static storage, thread_local) is its own thread's.
 #pragma once
 #include <cuda_bf16.h>
 #include <ucontext.h>
@@ -35,6 +37,22 @@
 #ifdef SIMT_ASAN
 #include <sanitizer/common_interface_defs.h>
 #endif
+// ThreadSanitizer follows the fibers' switches when told (else it sees one thread's stack change).
+#if defined(__SANITIZE_THREAD__)
+#define SIMT_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define SIMT_TSAN 1
+#endif
+#endif
+#ifdef SIMT_TSAN
+extern "C" {
+void* __tsan_get_current_fiber(void);
+void* __tsan_create_fiber(unsigned flags);
+void __tsan_destroy_fiber(void* fiber);
+void __tsan_switch_to_fiber(void* fiber, unsigned flags);
+}
+#endif
 
 // dim3 and uint3 come from the CUDA headers (vector_types.h, through cuda_bf16.h).
 struct CUstream_st;
@@ -52,6 +70,9 @@ enum class Wait { none, block, warp, done };
 
 struct Fiber {
   ucontext_t ctx;
+#ifdef SIMT_TSAN
+  void* tsan = nullptr;
+#endif
   uint3 idx{0, 0, 0};
   int linear = 0;
   Wait wait = Wait::none;
@@ -72,6 +93,9 @@ struct State {
   std::vector<uint64_t> lane_val;
   std::mt19937_64 rng{0x5eed};
   std::string error;
+#ifdef SIMT_TSAN
+  void* tsan_scheduler = nullptr;
+#endif
 #ifdef SIMT_ASAN
   void* fake_stack = nullptr;
   const void* sched_stack_bottom = nullptr;
@@ -80,7 +104,7 @@ struct State {
 };
 
 inline State& st() {
-  static State s;
+  static thread_local State s;
   return s;
 }
 
@@ -89,6 +113,9 @@ inline void set_seed(uint64_t seed) { st().rng.seed(seed); }
 
 inline void switch_to_scheduler() {
   State& s = st();
+#ifdef SIMT_TSAN
+  __tsan_switch_to_fiber(s.tsan_scheduler, 0);
+#endif
 #ifdef SIMT_ASAN
   __sanitizer_start_switch_fiber(&s.fake_stack, s.sched_stack_bottom, s.sched_stack_size);
 #endif
@@ -109,6 +136,9 @@ inline void fiber_entry() {
     if (s.error.empty()) s.error = e.what();
   }
   s.cur->wait = Wait::done;
+#ifdef SIMT_TSAN
+  __tsan_switch_to_fiber(s.tsan_scheduler, 0);
+#endif
 #ifdef SIMT_ASAN
   __sanitizer_start_switch_fiber(nullptr, s.sched_stack_bottom, s.sched_stack_size);
 #endif
@@ -134,7 +164,13 @@ inline void run_block() {
     f.ctx.uc_stack.ss_size = s.stack_bytes;
     f.ctx.uc_link = nullptr;
     makecontext(&f.ctx, fiber_entry, 0);
+#ifdef SIMT_TSAN
+    if (!f.tsan) f.tsan = __tsan_create_fiber(0);
+#endif
   }
+#ifdef SIMT_TSAN
+  s.tsan_scheduler = __tsan_get_current_fiber();
+#endif
   std::vector<int> order(n), later;
   const int nwarps = (n + warpSize - 1) / warpSize;
   // Slow warps: after each block barrier one warp may be held back for several rounds (as a warp that
@@ -152,6 +188,9 @@ inline void run_block() {
     order.resize(order.size() - (order.size() > 1 ? order.size() / 4 : 0));
     for (int i : order) {
       s.cur = &s.fibers[i];
+#ifdef SIMT_TSAN
+      __tsan_switch_to_fiber(s.fibers[i].tsan, 0);
+#endif
 #ifdef SIMT_ASAN
       void* fs = nullptr;
       __sanitizer_start_switch_fiber(&fs, s.stacks[i].get(), s.stack_bytes);
@@ -292,8 +331,9 @@ inline void* dynamic_shared() { return st().dyn_shared.data(); }
 #define __forceinline__ inline
 #define __noinline__
 #define __launch_bounds__(...)
-// One block runs at a time, so function-static storage behaves as the block's shared memory.
-#define __shared__ static
+// One block runs at a time on a host thread, so function-static thread-local storage behaves as the
+// block's shared memory.
+#define __shared__ static thread_local
 #define threadIdx (::simt::cur().idx)
 #define blockIdx (::simt::st().block_idx)
 #define blockDim (::simt::st().block)

@@ -1,13 +1,13 @@
-// The CUDA host-to-device link for expert offloading (see expert_link_cuda.h).
-#include "model/expert_link_cuda.h"
+// The CUDA host-to-device link for expert offloading (see expert_link.h).
+#include "kernels/cuda/expert_link.h"
 
-#if !defined(SCMOE_SIMT_EMU)
-#include <cuda_runtime.h>
-
+#include <cstdio>
+#include <exception>
 #include <vector>
 
-#include "kernels/cuda/common.cuh"
+#include "core/check.h"
 #include "kernels/cuda/device_memory.h"
+#include "kernels/cuda/runtime.h"
 
 SCMOE_CUDA_BEGIN
 
@@ -16,36 +16,33 @@ namespace {
 // A slot's "copy done" event (no timing: the cheapest kind to record and wait on).
 class CopyEvent : public Event {
  public:
-  CopyEvent() { SCMOE_CUDA_CHECK(cudaEventCreateWithFlags(&ev_, cudaEventDisableTiming)); }
-  ~CopyEvent() override { cudaEventDestroy(ev_); }
-  bool query() const override {
-    const cudaError_t e = cudaEventQuery(ev_);
-    if (e == cudaErrorNotReady) return false;
-    SCMOE_CUDA_CHECK(e);
-    return true;
-  }
-  void synchronize() override { SCMOE_CUDA_CHECK(cudaEventSynchronize(ev_)); }
+  CopyEvent() : ev_(event_create(false)) {}
+  ~CopyEvent() override { event_destroy(ev_); }
+  bool query() const override { return event_query(ev_); }
+  void synchronize() override { event_synchronize(ev_); }
   double completed_at_ms() const override { return 0; }  // not tracked: the link times copies with spans
-  cudaEvent_t get() const { return ev_; }
+  event_t get() const { return ev_; }
 
  private:
-  cudaEvent_t ev_{};
+  event_t ev_;
 };
 
 class CudaExpertLink : public ExpertLink {
  public:
-  explicit CudaExpertLink(cudaStream_t compute) : compute_(compute) {
-    SCMOE_CUDA_CHECK(cudaStreamCreateWithFlags(&copy_, cudaStreamNonBlocking));
-    SCMOE_CUDA_CHECK(cudaEventCreateWithFlags(&compute_mark_, cudaEventDisableTiming));
-  }
+  explicit CudaExpertLink(cudaStream_t compute)
+      : compute_(compute), copy_(stream_create(false)), compute_mark_(event_create(false)) {}
   ~CudaExpertLink() override {
-    cudaStreamSynchronize(copy_);
-    cudaStreamSynchronize(compute_);
+    try {
+      stream_synchronize(copy_);
+      stream_synchronize(compute_);
+    } catch (const std::exception& e) {  // a destructor cannot throw; the error was reported (or is lost)
+      std::fprintf(stderr, "warning: expert link: waiting for its copies failed: %s\n", e.what());
+    }
     for (const Span& s : copies_) release(s);
     for (const Wait& w : waits_) release(w.span);
-    for (cudaEvent_t e : pool_) cudaEventDestroy(e);
-    cudaEventDestroy(compute_mark_);
-    cudaStreamDestroy(copy_);
+    for (event_t e : pool_) event_destroy(e);
+    event_destroy(compute_mark_);
+    stream_destroy(copy_);
   }
 
   // The copy may overwrite a slot that kernels queued earlier on the compute stream still read (the
@@ -53,13 +50,13 @@ class CudaExpertLink : public ExpertLink {
   // after a gate's host synchronisation (async, speculative), when that queue is empty, or at the
   // point of use (blocking), where waiting is the point.
   void copy(void* dst, const void* src, size_t bytes, Event& done) override {
-    SCMOE_CUDA_CHECK(cudaEventRecord(compute_mark_, compute_));
-    SCMOE_CUDA_CHECK(cudaStreamWaitEvent(copy_, compute_mark_, 0));
+    event_record(compute_mark_, compute_);
+    stream_wait_event(copy_, compute_mark_);
     const Span s = span();
-    SCMOE_CUDA_CHECK(cudaEventRecord(s.begin, copy_));
-    SCMOE_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, copy_));
-    SCMOE_CUDA_CHECK(cudaEventRecord(s.end, copy_));
-    SCMOE_CUDA_CHECK(cudaEventRecord(static_cast<CopyEvent&>(done).get(), copy_));
+    event_record(s.begin, copy_);
+    memcpy_async(dst, src, bytes, CopyKind::host_to_device, copy_);
+    event_record(s.end, copy_);
+    event_record(static_cast<CopyEvent&>(done).get(), copy_);
     copies_.push_back(s);
   }
   // The compute stream waits on the device; the events around the wait time the stall (none when the
@@ -67,9 +64,9 @@ class CudaExpertLink : public ExpertLink {
   void wait(Event& done, double* exposed_ms) override {
     if (done.query()) return;
     const Span s = span();
-    SCMOE_CUDA_CHECK(cudaEventRecord(s.begin, compute_));
-    SCMOE_CUDA_CHECK(cudaStreamWaitEvent(compute_, static_cast<CopyEvent&>(done).get(), 0));
-    SCMOE_CUDA_CHECK(cudaEventRecord(s.end, compute_));
+    event_record(s.begin, compute_);
+    stream_wait_event(compute_, static_cast<CopyEvent&>(done).get());
+    event_record(s.end, compute_);
     waits_.push_back({s, exposed_ms});
   }
   void settle() override {
@@ -90,7 +87,7 @@ class CudaExpertLink : public ExpertLink {
   void free(void* p) override { device_free(p); }
   size_t alignment() const override { return 256; }
   void synchronize() override {
-    SCMOE_CUDA_CHECK(cudaStreamSynchronize(copy_));
+    stream_synchronize(copy_);
     harvest_copies();
   }
   double busy_ms() const override { return busy_ms_; }
@@ -98,7 +95,7 @@ class CudaExpertLink : public ExpertLink {
 
  private:
   struct Span {
-    cudaEvent_t begin, end;
+    event_t begin, end;
   };
   struct Wait {
     Span span;
@@ -109,28 +106,15 @@ class CudaExpertLink : public ExpertLink {
     s.begin = take(), s.end = take();
     return s;
   }
-  cudaEvent_t take() {
-    if (pool_.empty()) {
-      cudaEvent_t e;
-      SCMOE_CUDA_CHECK(cudaEventCreate(&e));
-      return e;
-    }
-    cudaEvent_t e = pool_.back();
+  event_t take() {
+    if (pool_.empty()) return event_create(true);
+    event_t e = pool_.back();
     pool_.pop_back();
     return e;
   }
   void release(const Span& s) { pool_.push_back(s.begin), pool_.push_back(s.end); }
-  static bool done(cudaEvent_t e) {
-    const cudaError_t r = cudaEventQuery(e);
-    if (r == cudaErrorNotReady) return false;
-    SCMOE_CUDA_CHECK(r);
-    return true;
-  }
-  static double elapsed(const Span& s) {
-    float ms = 0;
-    SCMOE_CUDA_CHECK(cudaEventElapsedTime(&ms, s.begin, s.end));
-    return ms;
-  }
+  static bool done(event_t e) { return event_query(e); }
+  static double elapsed(const Span& s) { return event_elapsed_ms(s.begin, s.end); }
   // Copies finish in order on the one copy stream: take the finished prefix.
   void harvest_copies() {
     size_t n = 0;
@@ -142,9 +126,9 @@ class CudaExpertLink : public ExpertLink {
     copies_.erase(copies_.begin(), copies_.begin() + long(n));
   }
 
-  cudaStream_t compute_, copy_{};
-  cudaEvent_t compute_mark_{};  // the compute stream's progress when a copy was issued
-  std::vector<cudaEvent_t> pool_;
+  cudaStream_t compute_, copy_;
+  event_t compute_mark_;  // the compute stream's progress when a copy was issued
+  std::vector<event_t> pool_;
   std::vector<Span> copies_;
   std::vector<Wait> waits_;
   double busy_ms_ = 0;
@@ -157,5 +141,3 @@ std::unique_ptr<ExpertLink> make_cuda_expert_link(cudaStream_t compute) {
 }
 
 SCMOE_CUDA_END
-
-#endif  // !SCMOE_SIMT_EMU
