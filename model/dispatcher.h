@@ -157,8 +157,14 @@ struct Dispatcher {
     k->route_sort(topk_idx, N, kc, E, send_pos, buckets);
     if (fixed) k->fixed_capacity_slots(topk_idx, N, kc, E, capacity, chunk_rows, send_pos, buckets);
     k->permute_forward(xs, x, send_pos, N, kc, C);
-    compute->record(ev(routed_));
-    order->wait(*side, *compute, ev(routed_));
+    // The side stream starts from the compute stream's plan and rows: the count exchange (several
+    // ranks), or the rows themselves when they go now. A device that reads the counts first posts the
+    // rows after a host wait on the compute stream's copy of them, which orders them already.
+    const bool post_now = !counts_on_host || B::kHostMemory;
+    if (W > 1 || post_now) {
+      compute->record(ev(routed_));
+      order->wait(*side, *compute, ev(routed_));
+    }
     exchange_counts();
     posted_ = false;
     if (!counts_on_host) return post_rows();  // fixed sizes: nothing to read
@@ -395,19 +401,19 @@ struct Dispatcher {
     const size_t row_bytes = size_t(C) * sizeof(T);
     if (fixed) {  // chunk c: every (peer, expert) segment is chunk_rows long
       const size_t first = (size_t)chunk_first(c) * C;
-      if (W == 1) {
-        k->copy_on(s, dst + first, src + first, (size_t)El * chunk_rows * row_bytes);
+      if (W == 1) {  // the link's time first: the rows arrive when the transfer ends
         int64_t used = 0;
         for (int le = 0; le < El; le++) used += counts_on_host ? used_rows(c, 0, le, true) : chunk_rows;
-        return delay_local(size_t(used) * row_bytes, s);
+        delay_local(size_t(used) * row_bytes, s);
+        return k->copy_on(s, dst + first, src + first, (size_t)El * chunk_rows * row_bytes);
       }
       if (counts_on_host) return exchange_fixed_chunk(src, dst, c, toward_experts);
       const size_t per = (size_t)El * chunk_rows * row_bytes;
       return comm->all_to_all(src + first, dst + first, per / elem_bytes(), elem_dtype(), s);
     }
     if (W == 1) {
-      k->copy_on(s, dst, src, size_t(recv_total) * row_bytes);
-      return delay_local(size_t(recv_total) * row_bytes, s);
+      delay_local(size_t(recv_total) * row_bytes, s);
+      return k->copy_on(s, dst, src, size_t(recv_total) * row_bytes);
     }
     auto scale = [&](const std::vector<size_t>& v) {
       std::vector<size_t> o(v);

@@ -52,13 +52,16 @@ GPT<B>::GPT(const Config& cfg, int micro_batch, Communicator* comm, Options opt)
   // top-k MoE and shared-expert layers keep the sequential order. In a single process without a
   // simulated link the "exchanges" are local copies: nothing to hide, and handing them to another
   // stream only costs wake-ups, so they run in order.
+  // Chunked pipelining (moe.pipeline_degree) also runs on the stream, for any architecture; comm.overlap
+  // false keeps every exchange on the compute stream (the sequential reference).
   const bool has_link = cfg.comm.simulate_link.bandwidth_gb_s > 0 || cfg.comm.simulate_link.latency_us > 0;
   const bool has_comm = (comm && comm->world_size() > 1) || has_link;
-  const bool overlap = mc_.arch == "scmoe" && cfg.comm.overlap && has_comm;
+  const bool scmoe = mc_.arch == "scmoe";
+  const bool side = cfg.comm.overlap && has_comm && (scmoe || cfg.moe.pipeline_degree > 1);
+  const bool overlap = side && scmoe;
   const std::string& slot = cfg.scmoe.expert_slot;
   auto_slot_ = overlap && slot == "auto";
-  // Chunked pipelining (moe.pipeline_degree) also needs the stream, for any architecture.
-  if (overlap || (has_comm && cfg.moe.pipeline_degree > 1)) side_ = k_.make_side_stream("comm", true);
+  if (side) side_ = k_.make_side_stream("comm", true);
   const SimulatedLink local_link{cfg.comm.simulate_link.bandwidth_gb_s, cfg.comm.simulate_link.latency_us};
   for (int l = 0; l < mc_.n_layer; l++) {  // wire routed inputs and their gradients
     Block<B>& b = blocks_[l];

@@ -129,7 +129,9 @@ const Key kKeys[] = {
     KEY(checkpoint.keep, at_least(1), "keep the last K checkpoints"),
     KEY(comm.timeout_s, above(0), "seconds before a rendezvous or collective with a missing peer fails"),
     KEY(comm.overlap, any(),
-        "scmoe: overlap the All-to-Alls with the backbone on a communication stream; false: strictly sequential"),
+        "run the MoE All-to-Alls on a communication stream ordered by events (cpu and cuda): scmoe overlaps them "
+        "with the backbone, moe.pipeline_degree > 1 with the experts' chunks; false: every exchange in order on "
+        "the compute stream, the sequential reference (bit-identical results)"),
     KEY(comm.measure_peer_wait, any(),
         "several ranks: a barrier before each MoE All-to-All splits its time into waiting for the slowest rank "
         "(load imbalance, peer_wait_ms) and the transfer; adds one barrier per exchange"),

@@ -150,24 +150,28 @@ inline int nthreads() {
   return int(s.block.x * s.block.y * s.block.z);
 }
 
+// Sets up thread i's fiber to start the kernel body. Out of line: getcontext returns twice, which would
+// make the caller's loop variables suspect (-Wclobbered).
+__attribute__((noinline)) inline void prepare_fiber(State& s, int i) {
+  Fiber& f = s.fibers[i];
+  f.linear = i;
+  f.idx = {unsigned(i % s.block.x), unsigned((i / s.block.x) % s.block.y), unsigned(i / (s.block.x * s.block.y))};
+  f.wait = Wait::none;
+  getcontext(&f.ctx);
+  f.ctx.uc_stack.ss_sp = s.stacks[i].get();
+  f.ctx.uc_stack.ss_size = s.stack_bytes;
+  f.ctx.uc_link = nullptr;
+  makecontext(&f.ctx, fiber_entry, 0);
+#ifdef SIMT_TSAN
+  if (!f.tsan) f.tsan = __tsan_create_fiber(0);
+#endif
+}
+
 // Runs one block to completion with shuffled resumption order.
 inline void run_block() {
   State& s = st();
   const int n = nthreads();
-  for (int i = 0; i < n; i++) {
-    Fiber& f = s.fibers[i];
-    f.linear = i;
-    f.idx = {unsigned(i % s.block.x), unsigned((i / s.block.x) % s.block.y), unsigned(i / (s.block.x * s.block.y))};
-    f.wait = Wait::none;
-    getcontext(&f.ctx);
-    f.ctx.uc_stack.ss_sp = s.stacks[i].get();
-    f.ctx.uc_stack.ss_size = s.stack_bytes;
-    f.ctx.uc_link = nullptr;
-    makecontext(&f.ctx, fiber_entry, 0);
-#ifdef SIMT_TSAN
-    if (!f.tsan) f.tsan = __tsan_create_fiber(0);
-#endif
-  }
+  for (int i = 0; i < n; i++) prepare_fiber(s, i);
 #ifdef SIMT_TSAN
   s.tsan_scheduler = __tsan_get_current_fiber();
 #endif
