@@ -6,9 +6,15 @@
 #   3. bench_gpu_kernels (per-kernel time vs the bandwidth / matrix-rate floor),
 #   4. `train` on the CUDA backend, GPT-2 small (L12 C768 H12 F3072 T1024 V50304), fp32 and bf16,
 #   5. the same model in PyTorch on the same GPU (bench/torch_train.py: eager and torch.compile),
-#   6. the results (tokens/s, MFU, speed-ups, kernel table, test status) into docs/gpu_benchmarks.md,
+#   6. the results (tokens/s, MFU, speed-ups, kernel table, overlap, test status) into
+#      docs/gpu_benchmarks.md,
 #   7. expert offloading in generation on this GPU (DEVICE=cuda bench/offload.sh: real PCIe link, pinned
-#      memory, blocking vs async vs speculative) into docs/offload_table_cuda.md.
+#      memory, blocking vs async vs speculative) into docs/offload_table_cuda.md,
+#   8. the ScMoE overlap on the device: GPT-2-small ScMoE Pos-2 on one rank with a simulated link,
+#      comm.overlap true (the exchanges on a high-priority communication stream, ordered by CUDA events)
+#      vs false (the sequential reference): step time and the overlap the events measure.
+# --quick (one call of about 10 minutes with the build): the build, ctest -L gpu, compute-sanitizer on two
+# kernel suites, dense bf16 ours vs PyTorch (eager, compile), and the overlap stage.
 #
 #   bench/gpu.sh [--quick] [--batch B] [--steps N] [options]     (bench/gpu.sh --help lists them)
 #
@@ -21,8 +27,8 @@ cd "$(dirname "$0")/.." || exit 1
 usage() {
   cat <<'EOF'
 usage: bench/gpu.sh [options]
-  --quick            a shorter run (batch 8, 15 steps, fewer sanitizer suites and PyTorch variants;
-                     about 5 minutes on an H100 after the build)
+  --quick            a shorter run (batch 8, 15 steps; compute-sanitizer on two suites; dense bf16 only
+                     beside PyTorch eager and compile; the overlap stage; no kernel table, no offload)
   --batch B          sequences per step for the model benchmark (default 16; --quick 8)
   --steps N          training steps of ours (default 30; --quick 15; the first 5 are left out)
   --kernel-batch B   batch of the per-kernel benchmark (default 8)
@@ -34,7 +40,8 @@ usage: bench/gpu.sh [options]
   --no-build         use the existing build directory as it is
   --deps DIR         .deb files from scripts/gpu_deps.sh (yaml-cpp, Boost, Gloo, OpenBLAS) for a machine
                      that lacks them: unpacked into a private prefix (dpkg -x) and built against
-  --no-tests --no-sanitizer --no-kernels --no-train --no-torch --no-offload   skip a stage
+  --link-gb-s G      the overlap stage's simulated link (default 4 GB/s, 20 us latency)
+  --no-tests --no-sanitizer --no-kernels --no-train --no-torch --no-offload --no-overlap   skip a stage
   --torch-moe        also run the MoE architectures in PyTorch (bf16 eager, reference only)
   -h, --help         this text
 Exit status: 0 all stages passed, 1 a stage failed, 77 no usable NVIDIA GPU (nothing run).
@@ -42,7 +49,7 @@ EOF
 }
 
 QUICK=0 BATCH="" STEPS="" KBATCH=8 BUILD=build-gpu RUN="" DOC=docs/gpu_benchmarks.md CC="" DEPS=""
-DO_BUILD=1 DO_TESTS=1 DO_SAN=1 DO_KERNELS=1 DO_TRAIN=1 DO_TORCH=1 DO_OFFLOAD=1 TORCH_MOE=0
+DO_BUILD=1 DO_TESTS=1 DO_SAN=1 DO_KERNELS=1 DO_TRAIN=1 DO_TORCH=1 DO_OFFLOAD=1 DO_OVERLAP=1 TORCH_MOE=0 LINK_GB_S=4
 ARGS="$*"
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -63,6 +70,8 @@ while [[ $# -gt 0 ]]; do
     --no-train) DO_TRAIN=0 ;;
     --no-torch) DO_TORCH=0 ;;
     --no-offload) DO_OFFLOAD=0 ;;
+    --no-overlap) DO_OVERLAP=0 ;;
+    --link-gb-s) LINK_GB_S=${2:?--link-gb-s needs a value}; shift ;;
     --torch-moe) TORCH_MOE=1 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "bench/gpu.sh: unknown option '$1' (see --help)" >&2; exit 1 ;;
@@ -74,7 +83,8 @@ for v in "${BATCH:-1}" "${STEPS:-6}" "$KBATCH"; do
 done
 if ((QUICK)); then
   BATCH=${BATCH:-8} STEPS=${STEPS:-15} TORCH_STEPS=6 TORCH_WARMUP=2
-  SAN_SUITES=(gpu_norm gpu_attention gpu_permute gpu_adamw) RACE_SUITES=(gpu_norm)
+  SAN_SUITES=(gpu_norm gpu_permute) RACE_SUITES=(gpu_norm)
+  DO_KERNELS=0 DO_OFFLOAD=0
 else
   BATCH=${BATCH:-16} STEPS=${STEPS:-30} TORCH_STEPS=10 TORCH_WARMUP=3
   SAN_SUITES=() RACE_SUITES=(gpu_norm gpu_permute)  # empty SAN_SUITES: every gpu_* suite
@@ -325,8 +335,13 @@ train_one() {
 }
 if ((DO_TRAIN)); then
   for arch in "${ARCHS[@]}"; do
-    if [[ " ${OURS_CUDA[*]} " == *" $arch "* ]]; then
-      for prec in fp32 bf16; do stage "train_${arch}_$prec" train_one "$arch" "$prec"; done
+    if ((QUICK)) && [[ $arch != dense ]]; then
+      continue  # --quick: dense bf16 only
+    elif [[ " ${OURS_CUDA[*]} " == *" $arch "* ]]; then
+      for prec in fp32 bf16; do
+        ((QUICK)) && [[ $prec == fp32 ]] && continue
+        stage "train_${arch}_$prec" train_one "$arch" "$prec"
+      done
     else
       for prec in fp32 bf16; do
         echo "model.arch $arch is not on the CUDA backend yet (train.device=cuda trains dense only)" \
@@ -357,7 +372,7 @@ if ((DO_TORCH)); then
     printf 'torch\tskipped (no torch with CUDA)\t0\n' >>"$STAGES"
   else
     if ((QUICK)); then
-      variants=("eager float32 reference" "eager bfloat16 reference" "compile bfloat16 reference")
+      variants=("eager bfloat16 reference" "compile bfloat16 reference")
     else
       variants=("eager float32 reference" "compile float32 reference" "eager bfloat16 reference"
         "compile bfloat16 reference" "compile bfloat16 sdpa")
@@ -384,6 +399,28 @@ if ((DO_OFFLOAD)); then
     return "$rc"
   }
   stage offload offload
+fi
+
+# ---- 8. The ScMoE overlap on the device: one rank, a simulated link (a host function holds the
+# communication stream as long as the link would), overlapped vs sequential, bf16.
+if ((DO_OVERLAP)); then
+  overlap_one() {
+    local mode=$1 dir="$RUN/overlap_$1"
+    # shellcheck disable=SC2086
+    timeout "$TRAIN_TIMEOUT" "$BUILD/train" "${MODEL_SETS[@]}" ${ARCH_SETS[scmoe]} --set train.device=cuda \
+      --set train.precision=bf16 --set train.batch_size="$BATCH" --set train.max_steps="$STEPS" \
+      --set optim.warmup_steps=5 --set train.eval_every=0 --set train.eval_batches=1 --set train.log_every=5 \
+      --set checkpoint.every=0 --set checkpoint.keep=1 --set comm.overlap="$mode" --set scmoe.expert_slot=auto \
+      --set comm.simulate_link.bandwidth_gb_s="$LINK_GB_S" --set comm.simulate_link.latency_us=20 \
+      --set train.out_dir="$dir" >"$dir.log" 2>&1
+    local rc=$?
+    rm -rf "$dir/checkpoints"
+    grep -E 'expert_slot|step +[0-9]+/' "$dir.log" | tail -2
+    return "$rc"
+  }
+  echo "link_gb_s=$LINK_GB_S" >>"$RUN/meta.env"
+  stage overlap_true overlap_one true
+  stage overlap_false overlap_one false
 fi
 
 # ---- 6. The report.

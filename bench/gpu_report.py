@@ -4,7 +4,8 @@
     python3 bench/gpu_report.py RUN_DIR [--doc docs/gpu_benchmarks.md] [--warmup-steps 5]
 
 Reads what bench/gpu.sh left in RUN_DIR (meta.env, device.txt, stages.tsv, tests.txt, sanitizer.tsv,
-kernels.md, ours_<arch>_<precision>/metrics.jsonl + .log, torch_<arch>_<mode>_<dtype>_<attention>.txt),
+kernels.md, ours_<arch>_<precision>/metrics.jsonl + .log, torch_<arch>_<mode>_<dtype>_<attention>.txt,
+overlap_<true|false>/metrics.jsonl),
 prints the results as Markdown and, with --doc, replaces the text between the markers
 `<!-- gpu-results:begin -->` and `<!-- gpu-results:end -->` of that file. Stdlib only.
 
@@ -82,6 +83,25 @@ def ours_result(run, arch, prec, warmup_steps):
     if not toks:
         return {"note": "no timed steps in metrics.jsonl (too few steps?)"}
     return {"tok_s": statistics.median(toks), "ms": statistics.median(ms), "steps": len(toks), "params": params}
+
+
+def overlap_result(run, mode, warmup_steps):
+    """The overlap stage's run with comm.overlap `mode`: medians of step ms, tokens/s, comm, exposed, overlap."""
+    base = os.path.join(run, f"overlap_{mode}")
+    metrics = os.path.join(base, "metrics.jsonl")
+    if not os.path.exists(metrics):
+        return {"note": "failed: see " + os.path.basename(base) + ".log"} if os.path.exists(base + ".log") else None
+    rows = []
+    with open(metrics) as f:
+        for line in f:
+            r = json.loads(line)
+            if "tokens_per_s" in r and r.get("step", 0) > warmup_steps:
+                rows.append(r)
+    if not rows:
+        return {"note": "no timed steps in metrics.jsonl"}
+    med = lambda k: statistics.median(r.get(k, 0.0) for r in rows)
+    return {"ms": med("step_ms"), "tok_s": med("tokens_per_s"), "comm": med("comm_ms"),
+            "exposed": med("exposed_comm_ms"), "overlap": med("overlap")}
 
 
 def torch_result(path):
@@ -228,12 +248,32 @@ def build_report(run, warmup_steps):
         else:
             w("- >= 50% MFU, dense bf16: not measured in this run")
         w("")
-    missing = [a for a in archs if all("tok_s" not in r for r in summary[a]["ours"].values())
-               and any("not on the CUDA backend" in r.get("note", "") for r in summary[a]["ours"].values())]
-    if missing:
-        w(f"MoE architectures ({', '.join(missing)}) do not train on the CUDA backend yet (`train.device=cuda` takes "
-          f"model.arch dense only); their PyTorch rows, where present, are for reference (the reference MoE "
-          f"loops over experts, so it is a functional baseline, not a tuned one).")
+
+    # ---- the ScMoE overlap on the device
+    ov = {m: overlap_result(run, m, warmup_steps) for m in ("true", "false")}
+    if any(ov.values()):
+        w(f"### ScMoE overlap on the device (one rank, simulated link {meta.get('link_gb_s', '?')} GB/s + 20 us)")
+        w("")
+        w("GPT-2-small ScMoE Pos-2 (cg1, 8 experts, top-1, MoE every 2nd block), bf16, expert slot auto. "
+          "`comm.overlap true`: the dispatch and combine on a high-priority communication stream, ordered by "
+          "CUDA events; `false`: every exchange in order on the compute stream. The link is SIMULATED: a host "
+          "function holds the exchange's stream as long as the link would take. Overlap = 1 - exposed / "
+          "communication time, both from CUDA timing events, medians over the steps after warm-up.")
+        w("")
+        w("| comm.overlap | step ms | tokens/s | comm ms / step | exposed ms / step | overlap |")
+        w("| --- | --- | --- | --- | --- | --- |")
+        for m in ("true", "false"):
+            r = ov[m]
+            if not r:
+                w(f"| {m} | not run | | | | |")
+            elif "note" in r:
+                w(f"| {m} | {r['note']} | | | | |")
+            else:
+                w(f"| {m} | {r['ms']:.1f} | {fmt_int(r['tok_s'])} | {r['comm']:.1f} | {r['exposed']:.1f} | "
+                  f"{r['overlap']:.2f} |")
+        if ov["true"] and ov["false"] and "ms" in ov["true"] and "ms" in ov["false"]:
+            w("")
+            w(f"Overlapped step {ov['false']['ms'] / ov['true']['ms']:.2f}x as fast as the sequential one.")
         w("")
 
     # ---- kernels

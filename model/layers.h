@@ -189,25 +189,34 @@ struct ExpertMLPs {
   }
   // ye = MLP_g(xe) on each group's rows; h, g: the hidden activations of those rows ([rows, F]).
   void forward(T* ye, const T* xe, T* h, T* g, const GroupRows& rows) {
-    k->grouped_matmul_forward(h, xe, w1, b1, stride, rows, C, F);
-    gelu(rows, [&](int64_t first, int64_t n) { k->gelu_forward(g + first * F, h + first * F, n * F); });
-    k->grouped_matmul_forward(ye, g, w2, b2, stride, rows, F, C);
+    each(rows, [&](const GroupRows& r, int64_t first, int64_t n, size_t w) {
+      k->grouped_matmul_forward(h, xe, w1 + w, b1 + w, stride, r, C, F);
+      k->gelu_forward(g + first * F, h + first * F, n * F);
+      k->grouped_matmul_forward(ye, g, w2 + w, b2 + w, stride, r, F, C);
+    });
   }
   // dxe overwritten; weight gradients accumulated. dh, dg: scratch of the hidden size.
   void backward(T* dxe, const T* dye, const T* xe, const T* h, const T* g, T* dh, T* dg, const GroupRows& rows) {
-    k->grouped_matmul_backward(dg, dw2, db2, dye, g, w2, stride, rows, F, C, false);
-    gelu(rows, [&](int64_t first, int64_t n) { k->gelu_backward(dh + first * F, h + first * F, dg + first * F, n * F); });
-    k->grouped_matmul_backward(dxe, dw1, db1, dh, xe, w1, stride, rows, C, F, false);
+    each(rows, [&](const GroupRows& r, int64_t first, int64_t n, size_t w) {
+      k->grouped_matmul_backward(dg, dw2 + w, db2 + w, dye, g, w2 + w, stride, r, F, C, false);
+      k->gelu_backward(dh + first * F, h + first * F, dg + first * F, n * F);
+      k->grouped_matmul_backward(dxe, dw1 + w, db1 + w, dh, xe, w1 + w, stride, r, C, F, false);
+    });
   }
 
  private:
-  // GELU over the groups' rows: one launch when they are uniform, else group by group (rows between
-  // groups are not part of any).
+  // fn(rows, first row, row count, weight offset): once for all groups when they are uniform (one
+  // batched product per layer), else group by group (an expert's whole MLP while its rows are in cache;
+  // rows between groups belong to none).
   template <class Fn>
-  static void gelu(const GroupRows& rows, Fn&& fn) {
-    if (rows.uniform()) return fn(0, int64_t(rows.groups) * rows.rows);
-    for (int gi = 0; gi < rows.groups; gi++)
-      if (rows.size(gi) > 0) fn(rows.first(gi), rows.size(gi));
+  void each(const GroupRows& rows, Fn&& fn) {
+    if (rows.uniform()) return fn(rows, 0, int64_t(rows.groups) * rows.rows, 0);
+    for (int gi = 0; gi < rows.groups; gi++) {
+      if (rows.size(gi) <= 0) continue;
+      GroupRows one;  // host-known rows: begin and count are both given
+      one.groups = 1, one.begin = rows.begin + gi, one.count = rows.count + gi;
+      fn(one, rows.first(gi), rows.size(gi), size_t(gi) * stride);
+    }
   }
 };
 

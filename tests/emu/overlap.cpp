@@ -8,7 +8,8 @@
 //              ScMoE Pos-1/2/3 (add, cg1, cg2), with fixed-size slots admitted on the device (capacity)
 //              and with the host reading the counts (dropless), top-2 MoE and the shared expert pipelined
 //              in 2 chunks; and against the CPU backend within emu_gpt_cuda's tolerances. Also the
-//              overlap measured from the events with a simulated link (>= 0.9 expected) and the trace.
+//              overlap measured from the events with a simulated link (>= 0.9 expected), the trace, and
+//              scmoe.expert_slot auto choosing a slot from the events' op times.
 //   2ranks     the same over 2 ranks started by train/launch (Gloo on the emulated device's memory).
 //   mutation   drops the k-th cross-stream wait of a step (WaitCounter), for every k the schedule has:
 //              each must change the result (caught), under up to 3 delay seeds.
@@ -213,6 +214,33 @@ void check_measured_overlap() {
   CHECK(text.find("\"name\":\"attn1\",\"ph\":\"X\",\"pid\":0,\"tid\":0") != std::string::npos);
 }
 
+// scmoe.expert_slot auto on the device: after kAutoSlotSteps steps the slot comes from the op times the
+// compute stream's events measured (the paper's Eq. 11), and training goes on with the new plan.
+void check_auto_slot() {
+  const Variant v{"scmoe pos-2 cg1, expert slot auto", {"model.arch=scmoe", "model.n_layer=2"}};
+  const Config cfg = config_of(v, true, {"scmoe.expert_slot=auto"});
+  const std::vector<float> w = weights_of(cfg, nullptr);
+  GPT<Gpu> m(cfg, cfg.train.batch_size);
+  m.set_params(w.data());
+  const int N = cfg.train.batch_size * cfg.model.seq_len;
+  std::vector<int32_t> in(N, 3), tg(N, 4);
+  const std::string before = describe(m.forward_schedule());
+  std::string line;
+  for (int step = 1; step <= GPT<Gpu>::kAutoSlotSteps + 1; step++) {
+    m.zero_grad();
+    m.forward_async(in.data(), tg.data(), 1.0 / N);
+    m.backward();
+    CHECK(std::isfinite(m.loss()));
+    const std::string l = m.tune_slots(step);
+    CHECK(l.empty() == (step != GPT<Gpu>::kAutoSlotSteps));
+    if (!l.empty()) line = l;
+  }
+  std::printf("%s: %s\n  plan before: %s\n  plan after:  %s\n", v.label, line.c_str(), before.c_str(),
+              describe(m.forward_schedule()).c_str());
+  CHECK(line.find("block 1: expert slot ") != std::string::npos);
+  CHECK(m.branches()[0].slot >= 1 && m.branches()[0].slot <= 4);
+}
+
 // Drops each cross-stream wait in turn: the result must change. A wait orders one stream after the
 // other, so its absence shows only when the stream it guards runs ahead: each dropped wait is tried
 // with a slow communication stream (a 150 ms simulated link: the compute stream would read rows that
@@ -306,6 +334,7 @@ int main(int argc, char** argv) {
   if (mode == "1rank") {
     for (const Variant& v : kVariants) check_equivalence(v, nullptr, nullptr);
     check_measured_overlap();
+    check_auto_slot();
   } else if (mode == "2ranks") {
     const ProcessGroupEnv env = read_process_group_env();
     if (env.world_size < 2) {
