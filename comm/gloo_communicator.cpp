@@ -20,14 +20,17 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <numeric>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "comm/communicator.h"
@@ -120,6 +123,66 @@ struct ByteSplits {
   std::vector<int64_t> counts_i64() const { return std::vector<int64_t>(count.begin(), count.end()); }
 };
 
+// Every rank beats "alive/<rank>" = "<beat> <tag> <op>" into the store twice a second from its own
+// thread and connection: when a collective times out, the ranks whose beat stopped are named as hung
+// (a stopped or wedged process stops every thread), and the live ones by the collective they last
+// entered (a slow rank, or ranks issuing collectives in different orders).
+class Heartbeat {
+ public:
+  static constexpr Ms kPeriod{500};
+
+  Heartbeat(const std::string& addr, int port, int rank, Ms timeout)
+      : store_(addr, port, false, timeout), key_("alive/" + std::to_string(rank)) {
+    beat();
+    thread_ = std::thread([this] { loop(); });
+  }
+  ~Heartbeat() {
+    {
+      std::lock_guard<std::mutex> lock(m_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+  // The collective this rank's last one to start (op: a string literal).
+  void entered(const char* op, uint32_t tag) {
+    std::lock_guard<std::mutex> lock(m_);
+    op_ = op, tag_ = tag;
+  }
+
+ private:
+  void beat() {
+    std::string v;
+    {
+      std::lock_guard<std::mutex> lock(m_);
+      v = std::to_string(beats_++) + " " + std::to_string(tag_) + " " + op_;
+    }
+    store_.set(key_, std::vector<char>(v.begin(), v.end()));
+  }
+  void loop() {
+    std::unique_lock<std::mutex> lock(m_);
+    while (!cv_.wait_for(lock, kPeriod, [this] { return stop_; })) {
+      lock.unlock();
+      try {
+        beat();
+      } catch (const std::exception&) {
+        return;  // the store is gone (rank 0 exited or hangs): nothing left to tell
+      }
+      lock.lock();
+    }
+  }
+
+  TcpStore store_;
+  std::string key_;
+  std::mutex m_;
+  std::condition_variable cv_;
+  bool stop_ = false;
+  uint64_t beats_ = 0;
+  const char* op_ = "none yet";
+  uint32_t tag_ = 0;
+  std::thread thread_;
+};
+
 class GlooCommunicator : public Communicator {
  public:
   GlooCommunicator(const ProcessGroupEnv& env, double timeout_s)
@@ -129,7 +192,9 @@ class GlooCommunicator : public Communicator {
     store_ = std::make_unique<TcpStore>(env.master_addr, env.master_port, rank_ == 0, timeout_);
     store_->check_in(rank_, world_);  // on timeout, names the absent ranks (Gloo's own wait would not)
     connect(gloo_interface_address(env));
+    heartbeat_ = std::make_unique<Heartbeat>(env.master_addr, store_->port(), rank_, timeout_);
   }
+  ~GlooCommunicator() override { heartbeat_.reset(); }  // its connection closes before rank 0's store
 
   int rank() const override { return rank_; }
   int world_size() const override { return world_; }
@@ -138,7 +203,7 @@ class GlooCommunicator : public Communicator {
   void all_reduce_sum(void* buf, size_t count, DType t, Stream* s) override {
     const uint32_t tag = next_tag();
     if (count == 0) return;  // every rank passes the same count, so all skip together
-    run("all_reduce_sum", s, [=] {
+    run("all_reduce_sum", tag, s, [=] {
       with_scalar_type(t, [&](auto zero) {
         using T = decltype(zero);
         gloo::AllreduceOptions opts(ctx_);
@@ -156,7 +221,7 @@ class GlooCommunicator : public Communicator {
     SCMOE_CHECK(send != recv, where("all_to_all") << ": in-place exchange is not supported");
     const size_t chunk = count_per_rank * dtype_size(t);
     if (chunk == 0) return;
-    run("all_to_all", s, [=] {
+    run("all_to_all", tag, s, [=] {
       gloo::AlltoallOptions opts(ctx_);
       opts.setInput(const_cast<char*>(static_cast<const char*>(send)), chunk * world_);  // only read
       opts.setOutput(static_cast<char*>(recv), chunk * world_);
@@ -176,7 +241,7 @@ class GlooCommunicator : public Communicator {
     const size_t es = dtype_size(t);
     ByteSplits in(send_counts, send_offsets, es), out(recv_counts, recv_offsets, es);
     const size_t sent_to_peers = in.total() - in.count[rank_];
-    run("all_to_all_v", s, [=] {
+    run("all_to_all_v", tag, s, [=] {
       exchange_v(static_cast<const char*>(send), in, static_cast<char*>(recv), out, tag);
       simulate_link_delay(sent_to_peers);
     });
@@ -186,7 +251,7 @@ class GlooCommunicator : public Communicator {
     const uint32_t tag = next_tag();
     const size_t bytes = count * dtype_size(t);
     if (bytes == 0) return;
-    run("all_gather", s, [=] {
+    run("all_gather", tag, s, [=] {
       gloo::AllgatherOptions opts(ctx_);
       opts.setInput(const_cast<char*>(static_cast<const char*>(send)), bytes);  // only read
       opts.setOutput(static_cast<char*>(recv), bytes * world_);
@@ -201,7 +266,7 @@ class GlooCommunicator : public Communicator {
     SCMOE_CHECK(root >= 0 && root < world_, where("broadcast") << ": root " << root << " does not exist");
     const size_t bytes = count * dtype_size(t);
     if (bytes == 0) return;
-    run("broadcast", s, [=] {
+    run("broadcast", tag, s, [=] {
       gloo::BroadcastOptions opts(ctx_);
       opts.setOutput(static_cast<char*>(buf), bytes);  // the root sends from it, the others receive into it
       opts.setRoot(root);
@@ -213,7 +278,7 @@ class GlooCommunicator : public Communicator {
 
   void barrier(Stream* s) override {
     const uint32_t tag = next_tag();
-    run("barrier", s, [=] {
+    run("barrier", tag, s, [=] {
       gloo::BarrierOptions opts(ctx_);
       opts.setTag(tag);
       opts.setTimeout(timeout_);
@@ -255,14 +320,16 @@ class GlooCommunicator : public Communicator {
 
   double seconds() const { return static_cast<double>(timeout_.count()) / 1000.0; }
 
-  // Runs body now (s == nullptr) or on s, turning Gloo's exceptions into errors naming the collective.
-  void run(const char* op, Stream* s, std::function<void()> body) {
-    auto guarded = [this, op, body = std::move(body)] {
+  // Runs body now (s == nullptr) or on s, turning Gloo's exceptions into errors naming the collective
+  // (and, on a timeout or a broken connection, the ranks to blame).
+  void run(const char* op, uint32_t tag, Stream* s, std::function<void()> body) {
+    auto guarded = [this, op, tag, body = std::move(body)] {
+      if (heartbeat_) heartbeat_->entered(op, tag);
       try {
         body();
       } catch (const gloo::IoException& e) {
-        SCMOE_FAIL(where(op) << " failed: " << e.what() << " (a peer crashed or timed out after " << seconds()
-                             << " s)");
+        SCMOE_FAIL(where(op) << " failed: " << e.what() << " (timeout " << seconds() << " s); "
+                             << diagnose_peers(op, tag));
       } catch (const gloo::Exception& e) {
         SCMOE_FAIL(where(op) << " failed: " << e.what());
       } catch (const gloo::EnforceNotMet& e) {
@@ -300,9 +367,53 @@ class GlooCommunicator : public Communicator {
         if (out.count[r]) std::memcpy(recv + out.offset[r], out_stage.data() + at, out.count[r]);
   }
 
+  // Which peers are hung (their heartbeat stopped over ~3 periods) and where the live ones are.
+  std::string diagnose_peers(const char* op, uint32_t tag) {
+    std::lock_guard<std::mutex> lock(diagnose_m_);  // collectives on two streams may fail together
+    auto read_beats = [&](std::vector<std::string>& out) {
+      out.assign(world_, "");
+      for (int p = 0; p < world_; p++)
+        if (p != rank_) store_->try_get("alive/" + std::to_string(p), Ms(200), Ms(2000), &out[p]);
+    };
+    std::vector<std::string> before, after;
+    try {
+      read_beats(before);
+      std::this_thread::sleep_for(3 * Heartbeat::kPeriod);
+      read_beats(after);
+    } catch (const std::exception&) {
+      return "rank 0, which hosts the rendezvous store, does not answer either: it is stopped, hung or gone";
+    }
+    std::ostringstream hung, live;
+    for (int p = 0; p < world_; p++) {
+      if (p == rank_) continue;
+      if (after[p].empty() ||
+          after[p].substr(0, after[p].find(' ')) == before[p].substr(0, before[p].find(' '))) {
+        hung << (hung.tellp() > 0 ? ", " : "") << p;
+        continue;
+      }
+      std::istringstream v(after[p]);
+      uint64_t beat = 0;
+      uint32_t ptag = 0;
+      std::string pop;
+      v >> beat >> ptag >> pop;
+      if (ptag != tag) live << "; rank " << p << " last entered collective #" << ptag << " (" << pop << ")";
+    }
+    std::ostringstream m;
+    if (hung.tellp() > 0)
+      m << "rank(s) " << hung.str() << " show no sign of life (no heartbeat for "
+        << 3 * Heartbeat::kPeriod.count() / 1000.0 << " s: stopped, hung or dead)";
+    else
+      m << "every rank is alive, so one was slower than the timeout (a long checkpoint or data check? raise "
+           "comm.timeout_s) or the ranks issued collectives in different orders";
+    if (live.tellp() > 0) m << "; this rank waits in #" << tag << " (" << op << ")" << live.str();
+    return m.str();
+  }
+
   int rank_, world_;
   Ms timeout_;
   std::unique_ptr<TcpStore> store_;  // kept for the communicator's life: rank 0 hosts it for the others
+  std::unique_ptr<Heartbeat> heartbeat_;
+  std::mutex diagnose_m_;
   std::shared_ptr<gloo::Context> ctx_;
   std::atomic<uint32_t> next_tag_{0};
 };

@@ -1,6 +1,5 @@
 // TcpStore: rank 0 serves a key-value map over TCP (one thread per client) and every rank talks to it
-// through a blocking client. Wire format: a request is an op byte followed by little-endian,
-// length-prefixed fields; a reply starts with a status byte.
+// through a blocking client; the messages are comm/store_wire.h's.
 #include "comm/store.h"
 
 #include <arpa/inet.h>
@@ -27,6 +26,7 @@
 #include <stdexcept>
 #include <thread>
 
+#include "comm/store_wire.h"
 #include "core/check.h"
 
 namespace scmoe {
@@ -35,106 +35,17 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using Ms = std::chrono::milliseconds;
 
-enum Op : uint8_t { kSet = 1, kGet = 2, kWait = 3, kCheck = 4 };
-enum Status : uint8_t { kOk = 0, kTimedOut = 1 };
-
-// Bounds on what a request may announce, so a stray connection sending garbage cannot make the
-// server allocate gigabytes.
-constexpr uint32_t kMaxFieldBytes = 256u << 20;
-constexpr uint32_t kMaxKeysPerRequest = 1u << 20;
 // How much longer than a request's own timeout a client waits for the reply before calling the
 // server unresponsive (the server answers a timed-out GET/WAIT itself).
 constexpr Ms kReplyGrace{10000};
+
+// A timeout as the server accepts it (longer ones are refused as garbage).
+uint64_t wire_ms(Ms t) { return uint64_t(std::clamp<int64_t>(t.count(), 0, kStoreMaxTimeout.count())); }
 
 std::string seconds_str(Ms t) {
   std::ostringstream os;
   os << static_cast<double>(t.count()) / 1000.0 << " s";
   return os.str();
-}
-
-// The connection broke or the peer spoke nonsense; callers add which store and which request.
-struct ConnectionLost : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-
-void send_all(int fd, const char* p, size_t n) {
-  while (n > 0) {
-    ssize_t k = ::send(fd, p, n, MSG_NOSIGNAL);  // a closed peer is an error, not SIGPIPE
-    if (k < 0 && errno == EINTR) continue;
-    if (k <= 0) throw ConnectionLost(std::strerror(errno));
-    p += k;
-    n -= static_cast<size_t>(k);
-  }
-}
-
-void recv_all(int fd, char* p, size_t n) {
-  while (n > 0) {
-    ssize_t k = ::recv(fd, p, n, 0);
-    if (k < 0 && errno == EINTR) continue;
-    if (k == 0) throw ConnectionLost("connection closed by the peer");
-    if (k < 0) {
-      bool timed_out = errno == EAGAIN || errno == EWOULDBLOCK;
-      throw ConnectionLost(timed_out ? "no reply in time" : std::strerror(errno));
-    }
-    p += k;
-    n -= static_cast<size_t>(k);
-  }
-}
-
-// Builds one message in memory so that it leaves in a single send.
-class Writer {
- public:
-  Writer& u8(uint8_t v) {
-    buf_.push_back(static_cast<char>(v));
-    return *this;
-  }
-  Writer& u32(uint32_t v) { return uint_le(v, 4); }
-  Writer& u64(uint64_t v) { return uint_le(v, 8); }
-  Writer& str(const std::string& s) {
-    u32(static_cast<uint32_t>(s.size()));
-    buf_.append(s);
-    return *this;
-  }
-  Writer& strs(const std::vector<std::string>& v) {
-    u32(static_cast<uint32_t>(v.size()));
-    for (const auto& s : v) str(s);
-    return *this;
-  }
-  void send(int fd) const { send_all(fd, buf_.data(), buf_.size()); }
-
- private:
-  Writer& uint_le(uint64_t v, int bytes) {
-    for (int i = 0; i < bytes; ++i) buf_.push_back(static_cast<char>(v >> (8 * i)));
-    return *this;
-  }
-  std::string buf_;
-};
-
-uint64_t recv_uint_le(int fd, int bytes) {
-  unsigned char b[8];
-  recv_all(fd, reinterpret_cast<char*>(b), static_cast<size_t>(bytes));
-  uint64_t v = 0;
-  for (int i = 0; i < bytes; ++i) v |= static_cast<uint64_t>(b[i]) << (8 * i);
-  return v;
-}
-uint8_t recv_u8(int fd) { return static_cast<uint8_t>(recv_uint_le(fd, 1)); }
-uint32_t recv_u32(int fd) { return static_cast<uint32_t>(recv_uint_le(fd, 4)); }
-uint64_t recv_u64(int fd) { return recv_uint_le(fd, 8); }
-
-std::string recv_str(int fd) {
-  uint32_t n = recv_u32(fd);
-  if (n > kMaxFieldBytes) throw ConnectionLost("a field of " + std::to_string(n) + " bytes (limit exceeded)");
-  std::string s(n, '\0');
-  recv_all(fd, &s[0], n);
-  return s;
-}
-
-std::vector<std::string> recv_strs(int fd) {
-  uint32_t n = recv_u32(fd);
-  if (n > kMaxKeysPerRequest) throw ConnectionLost("a request with " + std::to_string(n) + " keys");
-  std::vector<std::string> v(n);
-  for (auto& s : v) s = recv_str(fd);
-  return v;
 }
 
 void set_nodelay(int fd) {
@@ -250,41 +161,30 @@ class Server {
 
   // Serves one request; false once the server is stopping.
   bool handle_request(int fd) {
-    uint8_t op = recv_u8(fd);
-    if (op == kSet) {
-      std::string key = recv_str(fd);
-      std::string value = recv_str(fd);
+    FdReader in(fd);
+    StoreRequest r = read_store_request(in);
+    Writer w;
+    if (r.op == kStoreSet) {
       {
         std::lock_guard<std::mutex> lock(m_);
-        kv_[key] = std::move(value);
+        kv_[r.key] = std::move(r.value);
       }
       keys_cv_.notify_all();
-      Writer().u8(kOk).send(fd);
-    } else if (op == kGet) {
-      std::string key = recv_str(fd);
-      Ms timeout(recv_u64(fd));
+      w.u8(kStoreOk);
+    } else if (r.op == kStoreGet) {
       std::string value;
-      bool found = wait_keys({key}, timeout, nullptr, &value);
-      Writer w;
-      w.u8(found ? kOk : kTimedOut);
+      const bool found = wait_keys({r.key}, r.timeout, nullptr, &value);
+      w.u8(found ? kStoreOk : kStoreTimedOut);
       if (found) w.str(value);
-      w.send(fd);
-    } else if (op == kWait) {
-      std::vector<std::string> keys = recv_strs(fd);
-      Ms timeout(recv_u64(fd));
+    } else if (r.op == kStoreWait) {
       std::vector<std::string> missing;
-      bool all = wait_keys(keys, timeout, &missing, nullptr);
-      Writer w;
-      w.u8(all ? kOk : kTimedOut);
+      const bool all = wait_keys(r.keys, r.timeout, &missing, nullptr);
+      w.u8(all ? kStoreOk : kStoreTimedOut);
       if (!all) w.strs(missing);
-      w.send(fd);
-    } else if (op == kCheck) {
-      std::vector<std::string> keys = recv_strs(fd);
-      bool all = wait_keys(keys, Ms(0), nullptr, nullptr);
-      Writer().u8(all ? 1 : 0).send(fd);
-    } else {
-      throw ConnectionLost("unknown request " + std::to_string(op));
+    } else {  // kStoreCheck
+      w.u8(wait_keys(r.keys, Ms(0), nullptr, nullptr) ? 1 : 0);
     }
+    w.send(fd);
     std::lock_guard<std::mutex> lock(m_);
     return !stopping_;
   }
@@ -368,6 +268,7 @@ class Client {
  public:
   Client(const std::string& addr, int port, Ms timeout) : where_(addr + ":" + std::to_string(port)) {
     fd_ = connect_with_retry(addr, port, timeout);
+    reader_ = FdReader(fd_);
     // One round trip: once it returns, rank 0 has accepted this connection and counts it among the
     // clients it waits for before stopping (a connection still in its accept backlog would be reset).
     check({});
@@ -377,34 +278,34 @@ class Client {
 
   void set(const std::string& key, const std::string& value) {
     Writer req;
-    req.u8(kSet).str(key).str(value);
-    call(req, Ms(0), "SET '" + key + "'", [&] { recv_u8(fd_); });
+    req.u8(kStoreSet).str(key).str(value);
+    call(req, kReplyGrace, "SET '" + key + "'", [&] { reply().u8(); });
   }
 
-  bool get(const std::string& key, Ms timeout, std::string* value) {
+  bool get(const std::string& key, Ms timeout, std::string* value, Ms grace = kReplyGrace) {
     Writer req;
-    req.u8(kGet).str(key).u64(static_cast<uint64_t>(timeout.count()));
-    return call(req, timeout, "GET '" + key + "'", [&] {
-      if (recv_u8(fd_) != kOk) return false;
-      *value = recv_str(fd_);
+    req.u8(kStoreGet).str(key).u64(wire_ms(timeout));
+    return call(req, timeout + grace, "GET '" + key + "'", [&] {
+      if (reply().u8() != kStoreOk) return false;
+      *value = reply().str();
       return true;
     });
   }
 
   bool wait(const std::vector<std::string>& keys, Ms timeout, std::vector<std::string>* missing) {
     Writer req;
-    req.u8(kWait).strs(keys).u64(static_cast<uint64_t>(timeout.count()));
-    return call(req, timeout, "WAIT", [&] {
-      if (recv_u8(fd_) == kOk) return true;
-      *missing = recv_strs(fd_);
+    req.u8(kStoreWait).strs(keys).u64(wire_ms(timeout));
+    return call(req, timeout + kReplyGrace, "WAIT", [&] {
+      if (reply().u8() == kStoreOk) return true;
+      *missing = reply().strs();
       return false;
     });
   }
 
   bool check(const std::vector<std::string>& keys) {
     Writer req;
-    req.u8(kCheck).strs(keys);
-    return call(req, Ms(0), "CHECK", [&] { return recv_u8(fd_) == 1; });
+    req.u8(kStoreCheck).strs(keys);
+    return call(req, kReplyGrace, "CHECK", [&] { return reply().u8() == 1; });
   }
 
  private:
@@ -437,10 +338,10 @@ class Client {
     std::lock_guard<std::mutex> lock(m_);
     SCMOE_CHECK(!broken_, "the connection to the rendezvous store at " << where_ << " broke earlier");
     try {
-      set_recv_timeout(fd_, reply_within + kReplyGrace);
+      set_recv_timeout(fd_, reply_within);
       req.send(fd_);
       return read_reply();
-    } catch (const ConnectionLost& e) {
+    } catch (const WireError& e) {
       broken_ = true;
       lost(what, e.what());
     }
@@ -451,8 +352,11 @@ class Client {
                                                                  << why << "; did rank 0 exit?)");
   }
 
+  FdReader& reply() { return reader_; }
+
   std::string where_;
   int fd_ = -1;
+  FdReader reader_{-1};
   std::mutex m_;
   bool broken_ = false;
 };
@@ -498,6 +402,10 @@ std::vector<char> TcpStore::get(const std::string& key) {
               "timed out after " << seconds_str(impl_->timeout) << " waiting for key '" << key
                                  << "' in the rendezvous store at " << impl_->client->where());
   return std::vector<char>(v.begin(), v.end());
+}
+
+bool TcpStore::try_get(const std::string& key, Ms timeout, Ms grace, std::string* value) {
+  return impl_->client->get(key, timeout, value, grace);
 }
 
 bool TcpStore::check(const std::vector<std::string>& keys) { return impl_->client->check(keys); }

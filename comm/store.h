@@ -26,6 +26,10 @@ class TcpStore {
 
   void set(const std::string& key, const std::vector<char>& value);
   std::vector<char> get(const std::string& key);     // blocks until present (or timeout: scmoe::Error)
+  // The value of `key` if it appears within `timeout`; a server that does not answer within `timeout`
+  // + `grace` is an scmoe::Error (for diagnosing a hung run quickly: grace defaults to 10 s elsewhere).
+  bool try_get(const std::string& key, std::chrono::milliseconds timeout, std::chrono::milliseconds grace,
+               std::string* value);
   bool check(const std::vector<std::string>& keys);  // all present, non-blocking
   // Blocks until all keys exist; the timeout error names the missing ones.
   void wait(const std::vector<std::string>& keys, std::chrono::milliseconds timeout);

@@ -1,11 +1,6 @@
-// DataLoader: maps shards read-only, numbers their windows, orders them per epoch (seeded shuffle) and
+// DataLoader: checks the shards, numbers their windows, orders them per epoch (seeded shuffle) and
 // hands each rank its slice of every global batch.
 #include "data/loader.h"
-
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cstring>
@@ -17,8 +12,6 @@
 namespace scmoe {
 
 namespace {
-
-constexpr size_t kHeaderBytes = kShardHeaderInts * sizeof(int32_t);
 
 // splitmix64 (core/rng.h) rather than std::shuffle and the std distributions, whose output differs
 // between standard libraries: a seed means the same data order everywhere.
@@ -41,41 +34,17 @@ uint64_t epoch_stream(uint64_t seed, uint64_t epoch) {
   return s;
 }
 
-// Closes a descriptor on every path out of open_shard, errors included.
-struct FdGuard {
-  int fd;
-  ~FdGuard() {
-    if (fd >= 0) ::close(fd);
-  }
-};
-
 }  // namespace
 
-void DataLoader::Unmap::operator()(const unsigned char* p) const {
-  if (p != nullptr) ::munmap(const_cast<unsigned char*>(p), bytes);
-}
-
-DataLoader::Shard DataLoader::open_shard(const std::string& path, int seq_len, bool random_access) {
-  FdGuard f{::open(path.c_str(), O_RDONLY | O_CLOEXEC)};
-  SCMOE_CHECK_IO(f.fd >= 0, path, "cannot open token shard");
-  // Validate the header and map from the same descriptor, so the size checked is the size mapped.
-  struct stat st {};
-  SCMOE_CHECK_IO(::fstat(f.fd, &st) == 0, path, "cannot stat token shard");
-  const uint64_t size = static_cast<uint64_t>(st.st_size);
-  unsigned char header[kHeaderBytes];
-  const ssize_t got = ::pread(f.fd, header, std::min<uint64_t>(size, kHeaderBytes), 0);
-  SCMOE_CHECK_IO(got >= 0, path, "cannot read token shard");
+// The header, then every token against the vocabulary: data that cannot train fails now, naming the
+// shard, rather than at the window (or the final evaluation) that reads it.
+DataLoader::Shard DataLoader::open_shard(const std::string& path, int seq_len, int vocab_size,
+                                         const std::string& key) {
   Shard s;
-  s.info = parse_shard_header(header, static_cast<size_t>(got), size, path);
+  s.info = read_shard_info(path);
   const int64_t n = s.info.num_tokens;
   s.windows = n >= int64_t{seq_len} + 1 ? static_cast<uint64_t>((n - 1) / seq_len) : 0;
-  if (s.windows == 0) return s;
-  // Mapping keeps large shards on disk (pages load on demand) and needs no descriptor afterwards.
-  void* p = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, f.fd, 0);
-  SCMOE_CHECK_IO(p != MAP_FAILED, path, "cannot map token shard");
-  // Shuffled windows are scattered reads: skip the kernel's read-ahead of neighbouring pages.
-  if (random_access) ::madvise(p, size, MADV_RANDOM);
-  s.map = std::unique_ptr<const unsigned char, Unmap>(static_cast<const unsigned char*>(p), Unmap{size});
+  check_shard_tokens(s.info, vocab_size, key);
   return s;
 }
 
@@ -85,7 +54,7 @@ DataLoader::DataLoader(const std::string& pattern, const std::string& key, int s
   SCMOE_CHECK(seq_len >= 1, key << ": sequence length must be >= 1, got " << seq_len);
   SCMOE_CHECK(vocab_size >= 1, key << ": vocabulary size must be >= 1, got " << vocab_size);
   for (const std::string& path : glob_shards(pattern, key)) {
-    shards_.push_back(open_shard(path, seq_len, shuffle));
+    shards_.push_back(open_shard(path, seq_len, vocab_size, key));
     Shard& s = shards_.back();
     s.first_window = num_windows_;
     num_windows_ += s.windows;
@@ -128,30 +97,15 @@ uint64_t DataLoader::window_at(uint64_t epoch, uint64_t index) {
   return order_[index];
 }
 
-void DataLoader::read_window(uint64_t window, int32_t* dst) const {
+void DataLoader::read_window(uint64_t window, int32_t* dst) {
   // The shard holding `window` is the last whose first window is <= it (shards without windows are
-  // skipped because the next shard shares their first_window).
+  // skipped because the next shard shares their first_window). Read with pread (checked again against
+  // the vocabulary): a shard changed under a running job is an error naming it.
   auto it = std::upper_bound(shards_.begin(), shards_.end(), window,
                              [](uint64_t w, const Shard& s) { return w < s.first_window; });
   const Shard& s = *(it - 1);
   const int64_t start = static_cast<int64_t>(window - s.first_window) * seq_len_;
-  const size_t tb = s.info.token_bytes();
-  const unsigned char* src = s.map.get() + kHeaderBytes + static_cast<size_t>(start) * tb;
-  for (int i = 0; i <= seq_len_; ++i) {
-    uint32_t t;
-    if (tb == 2) {
-      uint16_t v;
-      std::memcpy(&v, src + static_cast<size_t>(i) * 2, 2);
-      t = v;
-    } else {
-      std::memcpy(&t, src + static_cast<size_t>(i) * 4, 4);
-    }
-    SCMOE_CHECK(t < static_cast<uint32_t>(vocab_size_),
-                key_ << ": token shard '" << s.info.path << "': token " << t << " at position " << start + i
-                     << " >= model.vocab_size " << vocab_size_
-                     << " (the data was tokenized for a larger vocabulary; see its meta.json)");
-    dst[i] = static_cast<int32_t>(t);
-  }
+  read_shard_tokens(s.info, start, int64_t{seq_len_} + 1, vocab_size_, dst, &raw_buf_);
 }
 
 void DataLoader::next_batch(int local_batch, int rank, int world, int32_t* inputs, int32_t* targets) {

@@ -1,6 +1,9 @@
 // Deterministic loader of token windows from a set of shards. The global batch of a step is a fixed
 // list of (T+1)-token windows; rank r of W takes the r-th contiguous slice, so the data seen is the
 // same whatever W. Position (epoch, window cursor) is saved in checkpoints and restored exactly.
+// Every token of every shard is checked against the vocabulary when the loader opens it (a bad token
+// in the validation shard stops the run at start, not at its end); windows are read with pread, so a
+// shard truncated while the run uses it is an error naming it, not a SIGBUS.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -35,21 +38,15 @@ class DataLoader {
   size_t num_shards() const { return shards_.size(); }
 
  private:
-  // Unmaps a read-only shard mapping (the pointer is the start of the file).
-  struct Unmap {
-    size_t bytes;  // no initializer: a nested class cannot use one before DataLoader is complete
-    void operator()(const unsigned char* p) const;
-  };
   struct Shard {
     ShardInfo info;
-    std::unique_ptr<const unsigned char, Unmap> map;  // whole file; null when the shard has no window
     uint64_t first_window = 0;  // global id of its first window (windows are numbered shard by shard)
     uint64_t windows = 0;
   };
 
-  static Shard open_shard(const std::string& path, int seq_len, bool random_access);
-  uint64_t window_at(uint64_t epoch, uint64_t index);     // index in the epoch's order -> global window id
-  void read_window(uint64_t window, int32_t* dst) const;  // dst: seq_len+1 tokens
+  static Shard open_shard(const std::string& path, int seq_len, int vocab_size, const std::string& key);
+  uint64_t window_at(uint64_t epoch, uint64_t index);  // index in the epoch's order -> global window id
+  void read_window(uint64_t window, int32_t* dst);     // dst: seq_len+1 tokens
   void build_order(uint64_t epoch);
 
   std::string key_;
@@ -64,6 +61,7 @@ class DataLoader {
   std::vector<uint64_t> order_;        // the shuffled order of order_epoch_ (empty without shuffle)
   uint64_t order_epoch_ = UINT64_MAX;  // no order built yet
   std::vector<int32_t> window_buf_;    // one window, reused to avoid an allocation per window
+  std::vector<unsigned char> raw_buf_;  // ... and its bytes as read
 };
 
 }  // namespace scmoe

@@ -104,7 +104,8 @@ ShardInfo read_shard_info(const std::string& path) {
   return parse_shard_header(header, n, size, path);
 }
 
-void read_shard_tokens(const ShardInfo& s, int64_t start, int64_t count, int vocab_size, int32_t* out) {
+void read_shard_tokens(const ShardInfo& s, int64_t start, int64_t count, int vocab_size, int32_t* out,
+                       std::vector<unsigned char>* raw_buf) {
   SCMOE_CHECK(start >= 0 && count >= 0 && start + count <= s.num_tokens,
               "token shard '" << s.path << "': tokens [" << start << ", " << start + count
                               << ") out of range, the shard has " << s.num_tokens);
@@ -112,7 +113,9 @@ void read_shard_tokens(const ShardInfo& s, int64_t start, int64_t count, int voc
   f.fd = ::open(s.path.c_str(), O_RDONLY | O_CLOEXEC);
   SCMOE_CHECK_IO(f.fd >= 0, s.path, "cannot open token shard");
   const size_t tb = s.token_bytes();
-  std::vector<unsigned char> raw(static_cast<size_t>(count) * tb);
+  std::vector<unsigned char> local;
+  std::vector<unsigned char>& raw = raw_buf ? *raw_buf : local;
+  raw.resize(static_cast<size_t>(count) * tb);
   pread_all(f.fd, raw.data(), raw.size(), kHeaderBytes + static_cast<uint64_t>(start) * tb, s.path);
   for (int64_t i = 0; i < count; ++i) {
     uint32_t t = 0;
@@ -129,6 +132,43 @@ void read_shard_tokens(const ShardInfo& s, int64_t start, int64_t count, int voc
                                 << " (the data was tokenized for a larger vocabulary; see its meta.json)");
     out[i] = static_cast<int32_t>(t);
   }
+}
+
+namespace {
+
+// Reads the shard's tokens (stored as U: uint16 or uint32, little-endian like the host) in chunks into
+// a buffer of U, so the max scan is a plain loop the compiler vectorises; the first offending token is
+// looked for only in a chunk whose max is out of range.
+template <class U>
+void scan_tokens(int fd, const ShardInfo& s, int vocab_size, const std::string& key) {
+  constexpr int64_t kChunk = int64_t(1) << 22;  // tokens per read (8-16 MiB)
+  std::vector<U> buf;
+  for (int64_t at = 0; at < s.num_tokens; at += kChunk) {
+    const int64_t n = std::min(kChunk, s.num_tokens - at);
+    buf.resize(static_cast<size_t>(n));
+    pread_all(fd, buf.data(), buf.size() * sizeof(U), kHeaderBytes + static_cast<uint64_t>(at) * sizeof(U),
+              s.path);
+    U m = 0;
+    for (U v : buf) m = v > m ? v : m;
+    if (m < static_cast<uint32_t>(vocab_size)) continue;
+    for (int64_t i = 0; i < n; i++)
+      SCMOE_CHECK(buf[size_t(i)] < static_cast<uint32_t>(vocab_size),
+                  key << ": token shard '" << s.path << "': token " << buf[size_t(i)] << " at position "
+                      << at + i << " >= model.vocab_size " << vocab_size
+                      << " (the data was tokenized for a larger vocabulary; see its meta.json)");
+  }
+}
+
+}  // namespace
+
+void check_shard_tokens(const ShardInfo& s, int vocab_size, const std::string& key) {
+  Fd f;
+  f.fd = ::open(s.path.c_str(), O_RDONLY | O_CLOEXEC);
+  SCMOE_CHECK_IO(f.fd >= 0, s.path, "cannot open token shard");
+  if (s.token_bytes() == 2)
+    scan_tokens<uint16_t>(f.fd, s, vocab_size, key);
+  else
+    scan_tokens<uint32_t>(f.fd, s, vocab_size, key);
 }
 
 void write_shard(const std::string& path, const std::vector<uint32_t>& tokens, int version) {

@@ -25,8 +25,15 @@ ShardInfo parse_shard_header(const void* bytes, size_t nbytes, uint64_t file_siz
 // Opens and validates one shard's header.
 ShardInfo read_shard_info(const std::string& path);
 
-// Reads tokens [start, start+count) of a shard, checking each is < vocab_size.
-void read_shard_tokens(const ShardInfo& s, int64_t start, int64_t count, int vocab_size, int32_t* out);
+// Reads tokens [start, start+count) of a shard, checking each is < vocab_size. `raw` (optional): a
+// reusable buffer for the bytes read.
+void read_shard_tokens(const ShardInfo& s, int64_t start, int64_t count, int vocab_size, int32_t* out,
+                       std::vector<unsigned char>* raw = nullptr);
+
+// Checks every token of a shard against the vocabulary, reading it in large chunks (a vectorised
+// maximum per chunk): the first token >= vocab_size is an error naming the shard, the token and its
+// position, and `key` (the config key of the shard glob).
+void check_shard_tokens(const ShardInfo& s, int vocab_size, const std::string& key);
 
 // Writes a shard (version 1 if every token < 65536, else 2) atomically (temp file + rename).
 void write_shard(const std::string& path, const std::vector<uint32_t>& tokens, int version = 0);

@@ -3,6 +3,7 @@
 
 #include <unistd.h>
 
+#include <cctype>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -86,6 +87,27 @@ int hex_digit(char c) {
 
 }  // namespace
 
+std::string tokenizer_from_meta_json(const std::string& text, const std::string& path) {
+  // One string field of a JSON object written by json.dump: no general parser needed, but whatever the
+  // file holds must give that string, "" (no such field) or an error naming the file.
+  const size_t k = text.find("\"tokenizer\"");
+  if (k == std::string::npos) return "";
+  size_t at = k + 11;
+  auto skip_space = [&] {
+    while (at < text.size() && std::isspace(static_cast<unsigned char>(text[at]))) at++;
+  };
+  skip_space();
+  const bool colon = at < text.size() && text[at] == ':';
+  at += colon;
+  skip_space();
+  const size_t close =
+      colon && at < text.size() && text[at] == '"' ? text.find('"', at + 1) : std::string::npos;
+  SCMOE_CHECK(close != std::string::npos,
+              path << ": \"tokenizer\" is not followed by a string value (data/prepare.py writes "
+                      "\"tokenizer\": \"byte\" or \"gpt2\"; is the file damaged?)");
+  return text.substr(at + 1, close - at - 1);
+}
+
 std::string tokenizer_from_meta(const std::string& shard_glob) {
   // data/prepare.py writes DIR/NAME_train_*.bin, DIR/NAME_val_*.bin and DIR/NAME_meta.json.
   const fs::path g(shard_glob);
@@ -95,13 +117,8 @@ std::string tokenizer_from_meta(const std::string& shard_glob) {
     if (at == std::string::npos) continue;
     const fs::path meta = g.parent_path() / (base.substr(0, at) + "meta.json");
     if (!fs::is_regular_file(meta)) continue;
-    // One string field of a JSON object written by json.dump: no general parser needed.
-    const std::string text = read_text(meta);
-    size_t k = text.find("\"tokenizer\"");
-    if (k == std::string::npos) continue;
-    size_t q1 = text.find('"', text.find(':', k) + 1);
-    size_t q2 = q1 == std::string::npos ? q1 : text.find('"', q1 + 1);
-    if (q2 != std::string::npos) return text.substr(q1 + 1, q2 - q1 - 1);
+    const std::string kind = tokenizer_from_meta_json(read_text(meta), meta.string());
+    if (!kind.empty()) return kind;
   }
   return "";
 }
@@ -112,21 +129,44 @@ Tokenizer Tokenizer::byte() {
   return t;
 }
 
-Tokenizer Tokenizer::gpt2() {
+Tokenizer Tokenizer::gpt2() { return from_vocab_lines(run_gpt2_script("vocab")); }
+
+Tokenizer Tokenizer::from_vocab_lines(const std::string& text) {
   Tokenizer t;
   t.name_ = "gpt2";
-  std::istringstream in(run_gpt2_script("vocab"));
+  std::istringstream in(text);
   for (std::string line; std::getline(in, line);) {
+    SCMOE_CHECK(line.size() % 2 == 0, "gpt2 tokenizer: vocabulary line "
+                                          << t.pieces_.size() + 1 << " has an odd number of hex digits");
     std::string piece;
     for (size_t i = 0; i + 1 < line.size(); i += 2) {
       const int hi = hex_digit(line[i]), lo = hex_digit(line[i + 1]);
-      SCMOE_CHECK(hi >= 0 && lo >= 0, "gpt2 tokenizer: unexpected vocabulary line '" << line << "'");
+      SCMOE_CHECK(hi >= 0 && lo >= 0,
+                  "gpt2 tokenizer: vocabulary line " << t.pieces_.size() + 1 << " is not lowercase hex");
       piece += char(hi * 16 + lo);
     }
     t.pieces_.push_back(piece);
   }
   SCMOE_CHECK(!t.pieces_.empty(), "gpt2 tokenizer: python3 printed no vocabulary");
   return t;
+}
+
+std::vector<int32_t> parse_token_ids(const std::string& text, int vocab_size) {
+  std::vector<int32_t> ids;
+  std::istringstream in(text);
+  for (std::string word; in >> word;) {
+    int64_t id = -1;
+    size_t used = 0;
+    try {
+      id = std::stoll(word, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    SCMOE_CHECK(used == word.size() && used > 0 && id >= 0 && id < vocab_size,
+                "tokenizer: '" << word.substr(0, 40) << "' is not a token id in [0, " << vocab_size << ")");
+    ids.push_back(int32_t(id));
+  }
+  return ids;
 }
 
 Tokenizer Tokenizer::for_config(const Config& cfg, std::string* notice) {
@@ -159,9 +199,7 @@ std::vector<int32_t> Tokenizer::encode(const std::string& text) const {
   ScratchDir tmp;
   const fs::path f = tmp.path / "prompt.txt";
   std::ofstream(f, std::ios::binary) << text;
-  std::istringstream in(run_gpt2_script("encode '" + f.string() + "'"));
-  for (int64_t id; in >> id;) ids.push_back(int32_t(id));
-  return ids;
+  return parse_token_ids(run_gpt2_script("encode '" + f.string() + "'"), vocab_size());
 }
 
 std::string Tokenizer::decode(int32_t token) const {

@@ -18,6 +18,8 @@ class Tokenizer {
   static Tokenizer for_config(const Config& cfg, std::string* notice);
   static Tokenizer byte();
   static Tokenizer gpt2();  // needs python3 with tiktoken; a clear error otherwise
+  // A gpt2 tokenizer from its vocabulary as the script prints it: one line of lowercase hex per token.
+  static Tokenizer from_vocab_lines(const std::string& text);
 
   const std::string& name() const { return name_; }
   std::vector<int32_t> encode(const std::string& text) const;
@@ -33,5 +35,9 @@ class Tokenizer {
 
 // The tokenizer data/prepare.py recorded in the meta.json beside a shard glob ("" when none is found).
 std::string tokenizer_from_meta(const std::string& shard_glob);
+// The "tokenizer" string of a meta.json's text ("" when absent; an error naming `path` when malformed).
+std::string tokenizer_from_meta_json(const std::string& text, const std::string& path);
+// Whitespace-separated token ids, each in [0, vocab_size); an error naming the first that is not.
+std::vector<int32_t> parse_token_ids(const std::string& text, int vocab_size);
 
 }  // namespace scmoe

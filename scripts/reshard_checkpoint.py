@@ -17,7 +17,8 @@ experts files, and writes N optim files: the replicated moments (identical on ev
 checked) plus the moments of the rank's new experts, with the metadata of the source (step, optimizer
 t, data position, RNG state, ...) and world_size / rank / experts_per_rank set for the new layout.
 Dense checkpoints work too (only the optim files change). Tensors keep their dtype and values bit for
-bit; nothing is recomputed.
+bit; nothing is recomputed. Every tensor read is checked against the CRC-32 its file stores (and must
+hold finite values); the files written carry their own checksums, as train writes them.
 
 The result is written to a temporary sibling of DST_DIR, COMPLETE is written last, and the directory
 is renamed into place, so an interrupted run never leaves a DST_DIR that looks complete. An existing
@@ -63,14 +64,21 @@ def warn(msg):
 
 
 def read_st(path):
+    """A checkpoint file's tensors and metadata; checksums verified (st.read), weights finite."""
     try:
-        return st.read(path)
+        tensors, md = st.read(path)
     except FileNotFoundError:
         raise ReshardError(f"{path}: missing") from None
     except (st.SafetensorsError, OSError) as e:
         msg = str(e)
         msg = msg[len(path) + 2:] if msg.startswith(path + ": ") else msg
         raise ReshardError(f"{path}: not a readable safetensors file: {msg}") from None
+    for n, a in tensors.items():
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            i = int(np.flatnonzero(~np.isfinite(a.reshape(-1)))[0])
+            raise ReshardError(f"{path}: tensor '{n}' holds a non-finite value at element {i}: the checkpoint "
+                               "is corrupt, or training had diverged before it was written")
+    return tensors, md
 
 
 def parse_config(path):

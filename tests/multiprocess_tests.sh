@@ -14,6 +14,8 @@
 #   pipeline_2ranks       moe.pipeline_degree 3 on 2 ranks == unpipelined == 1 rank (drops included)
 #   balanced_routing      moe.force_balanced_routing: balanced loads, gates that learn nothing
 #   world_mismatch_error  moe.num_experts not divisible by the world size
+#   config_mismatch       ranks started with different keys: refused at the rendezvous, naming the key
+#   hung_rank             SIGSTOP to one rank: the others' timeout error names it
 #   rank_killed           SIGKILL to one rank: the launcher tears down the job, names it; resume
 #   rank_exit1            one rank's process exits 1: the launcher names it, stops the rest; resume
 #   launcher_sigterm      SIGTERM to the launcher: every rank checkpoints and exits 143; resume
@@ -123,6 +125,13 @@ last_complete() {  # the newest complete checkpoint's step number (decimal) unde
   for d in "$1"/checkpoints/step_*; do [[ -f $d/COMPLETE ]] && last=$d; done
   [[ -n $last ]] || fail "no complete checkpoint in $1/checkpoints"
   echo $(( 10#${last##*step_} ))
+}
+# signal_rank SIG R: sends SIG to global rank R's process; sets victim (its pid) and T0 (now_ms).
+signal_rank() {
+  victim=$(pid_of_rank "$2")
+  [[ $victim =~ ^[0-9]+$ ]] || fail "cannot find rank $2's process (found '$victim')"
+  T0=$(now_ms)
+  kill "-$1" "$victim"
 }
 no_rank_left() {  # (a grace of 2 s: a process the launcher just sent SIGKILL may take a moment to die)
   local left deadline=$(( $(now_ms) + 2000 ))
@@ -441,6 +450,52 @@ world_mismatch_error)
   [[ ! -e run/metrics.jsonl ]] || fail "training started despite the mismatch"
   echo "num_experts 4 on 3 ranks refused before training, naming moe.num_experts and the world size"
   ;;
+config_mismatch)
+  # Issue 15, case 3: ranks started with different configurations fail at the rendezvous, naming the
+  # first key that differs and each rank's value (a learning rate would otherwise drift silently; a
+  # layer count would fail only at the communicator's timeout).
+  cat >per_rank.sh <<EOF
+#!/usr/bin/env bash
+# rank 1 gets its own value of the key in \$PER_RANK_KEY
+extra=()
+[[ \$RANK == 1 ]] && extra=(--set "\$PER_RANK_KEY")
+exec "$TRAIN" "\$@" "\${extra[@]}"
+EOF
+  chmod +x per_rank.sh
+  for kv in optim.lr=0.002 model.n_layer=3 train.seed=7; do
+    T0=$(now_ms)
+    if PER_RANK_KEY=$kv timeout -k 10 150 python3 "$LAUNCH" --nproc-per-node 2 --master-port 0 -- ./per_rank.sh \
+         "${TINY[@]}" --set train.batch_size=2 --set train.max_steps=3 --set train.out_dir="$WORK/run" >log.txt 2>&1; then
+      fail "ranks with different ${kv%%=*} trained"
+    fi
+    ms=$(( $(now_ms) - T0 ))
+    grep -q "error: the ranks' configurations differ: ${kv%%=*} is .* on rank 0, ${kv#*=}\(\.0*\)\? on rank 1" log.txt ||
+      fail "error does not name ${kv%%=*} and both values: $(grep error log.txt | head -2)"
+    grep -q "^\[rank 0\] step" log.txt && fail "training started with different ${kv%%=*}"
+    (( ms < 15000 )) || fail "the mismatch took $ms ms to report (a timeout, not the rendezvous check)"
+    echo "${kv%%=*} differing: refused in $ms ms: $(grep -m1 -o "configurations differ: [^(]*" log.txt)"
+  done
+  # Keys that may differ per rank do not stop the run.
+  PER_RANK_KEY=train.log_every=2 timeout -k 10 150 python3 "$LAUNCH" --nproc-per-node 2 --master-port 0 -- \
+    ./per_rank.sh "${TINY[@]}" --set train.batch_size=2 --set train.max_steps=2 --set train.out_dir="$WORK/ok" \
+    >ok.txt 2>&1 || { cat ok.txt; fail "train.log_every differing per rank was refused"; }
+  ;;
+hung_rank)
+  # Issue 15, case 7: a rank that hangs (SIGSTOP) is named by the ranks that time out waiting for it.
+  start_launcher --nproc-per-node 2 --master-port 0 -- "$TRAIN" "${TINY[@]}" --set train.batch_size=2 \
+    --set train.max_steps=100000 --set train.eval_every=0 --set checkpoint.every=0 --set comm.timeout_s=4 \
+    --set train.out_dir="$WORK/run"
+  wait_for 60 "$WORK/run/metrics.jsonl"
+  signal_rank STOP 1
+  finish_launcher 60 "$T0"
+  kill -KILL "$victim" 2>/dev/null || true
+  [[ $RC != 0 ]] || fail "the launcher exited 0 with a hung rank"
+  grep -q "\[rank 0\] error: .* failed: .*(timeout 4 s); rank(s) 1 show no sign of life" err.txt ||
+    fail "rank 0's error does not name rank 1 as hung: $(grep error err.txt | head -2)"
+  grep -q "launch: ranks 1 are stopped (SIGSTOP or a debugger) and cannot act on SIGTERM; sent SIGKILL" err.txt ||
+    fail "the launcher did not kill the stopped rank at once: $(grep launch: err.txt)"
+  echo "SIGSTOP to rank 1: $(grep -m1 -o 'rank(s) 1 show no sign of life[^[]*' err.txt), launcher exit $RC after $ELAPSED_MS ms"
+  ;;
 rank_killed)
   # SIGKILL one rank once a checkpoint exists: the launcher must stop the other rank within seconds,
   # exit 128+9 naming rank 1, and --resume auto must continue from the last complete checkpoint.
@@ -448,10 +503,7 @@ rank_killed)
           --set checkpoint.every=2 --set checkpoint.keep=100 --set train.out_dir="$WORK/run")
   start_launcher --nproc-per-node 2 --master-port 0 -- "$TRAIN" "${common[@]}" --set train.max_steps=100000
   wait_for 60 "run/checkpoints/step_*/COMPLETE"
-  victim=$(pid_of_rank 1)
-  [[ $victim =~ ^[0-9]+$ ]] || fail "cannot find rank 1's process (found '$victim')"
-  T0=$(now_ms)
-  kill -KILL "$victim"
+  signal_rank KILL 1
   finish_launcher 30 "$T0"
   echo "launcher exited with status $RC $ELAPSED_MS ms after SIGKILL to rank 1 (pid $victim):"
   grep '^launch:' err.txt

@@ -2,15 +2,18 @@
 // checkpoint commit, keep-K pruning, crash-leftover cleanup and --resume resolution.
 #include <unistd.h>
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
 #include "core/check.h"
+#include "core/crc32.h"
 #include "tests/testing.h"
 #include "train/checkpoint_dir.h"
 #include "train/safetensors.h"
@@ -290,6 +293,58 @@ void test_mutations() {
   CHECK(clean == total);
 }
 
+// Case 4 of issue 15: every tensor carries a CRC-32; a flipped byte or a NaN is an error naming the
+// tensor and the file, not weights loaded in silence.
+void test_checksums() {
+  const char digits[] = "123456789";
+  CHECK(scmoe::crc32(digits, 9) == 0xCBF43926u);  // the standard check value (zlib, Python)
+  CHECK(scmoe::crc32(digits, 0) == 0);
+  CHECK(scmoe::crc32(digits + 4, 5, scmoe::crc32(digits, 4)) == 0xCBF43926u);  // continued
+  std::vector<unsigned char> big(1000);
+  for (size_t i = 0; i < big.size(); i++) big[i] = static_cast<unsigned char>(i * 7);
+  CHECK(scmoe::crc32(big.data(), 1000) == scmoe::crc32(big.data() + 3, 997, scmoe::crc32(big.data(), 3)));
+
+  std::vector<float> w = {1.f, 2.f, 3.f, 4.f};
+  std::vector<double> d = {0.5, 0.25};
+  const std::string path = scratch("sums.safetensors");
+  scmoe::safetensors_write(path, {{"w", "F32", {4}, w.data(), 16}, {"d", "F64", {2}, d.data(), 16}},
+                           {{"step", "3"}});
+  StFile f = scmoe::safetensors_read(path);
+  CHECK(f.metadata == (std::map<std::string, std::string>{{"step", "3"}}));  // checksums kept apart
+  CHECK(f.checksums.size() == 2 && f.checksums.at("w") == scmoe::tensor_checksum(w.data(), 16));
+  std::vector<float> back(4);
+  f.read_into("w", "F32", back.data(), 16);
+  CHECK(back == w);
+
+  // One bit of one value flipped on disk.
+  std::string bytes = read_bytes(path);
+  const size_t at = bytes.find(std::string(reinterpret_cast<const char*>(&w[2]), 4));
+  CHECK(at != std::string::npos);
+  bytes[at] ^= 0x01;
+  write_bytes(scratch("flipped.safetensors"), bytes);
+  StFile g = scmoe::safetensors_read(scratch("flipped.safetensors"));
+  expect_error([&] { g.read_into("w", "F32", back.data(), 16); },
+               "tensor 'w' in " + scratch("flipped.safetensors"), "fails its checksum", __LINE__);
+  g.read_into("d", "F64", back.data(), 16);  // the other tensor is intact
+
+  // A NaN written with a correct checksum (a run that diverged, a tool that wrote garbage).
+  std::vector<float> nan = {1.f, 2.f, std::nanf(""), 4.f};
+  scmoe::safetensors_write(scratch("nan.safetensors"), {{"w", "F32", {4}, nan.data(), 16}});
+  expect_error(
+      [&] { scmoe::safetensors_read(scratch("nan.safetensors")).read_into("w", "F32", back.data(), 16); },
+      "tensor 'w'", "non-finite value at element 2", __LINE__);
+  std::vector<double> inf = {0.0, -HUGE_VAL};
+  scmoe::safetensors_write(scratch("inf.safetensors"), {{"d", "F64", {2}, inf.data(), 16}});
+  expect_error([&] { scmoe::safetensors_read(scratch("inf.safetensors")).verify("d"); }, "tensor 'd'",
+               "non-finite value at element 1", __LINE__);
+
+  expect_error(
+      [&] {
+        scmoe::safetensors_write(scratch("r.safetensors"), {}, {{"crc32:w", "0"}});
+      },
+      "crc32:w", "reserved", __LINE__);
+}
+
 // ---------------------------------------------------------------------------------------------
 
 void write_payload(const std::string& dir, float value) {
@@ -447,6 +502,7 @@ int main() {
     test_corrupt_files();
     test_write_errors();
     test_mutations();
+    test_checksums();
     test_commit_and_prune();
     test_commit_failures();
     test_resolve_resume();

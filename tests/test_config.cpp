@@ -234,6 +234,20 @@ void test_structure_errors() {
   CHECK_THROWS_WITH(load_config(tmp_dir(), {}), "it is a directory");
 }
 
+// Case 5 and 7 of issue 15: a second document is an error, not ignored; nesting past yaml-cpp's limit
+// says so instead of "bad file".
+void test_documents_and_depth() {
+  CHECK_THROWS_WITH(parse("model: {d_model: 64}\n---\ntrain: {seed: 2}\n"),
+                    "t.yaml:3:1: a second YAML document (after '---')");
+  CHECK(parse("---\nmodel: {d_model: 64}\n").model.d_model == 64);  // a leading marker is one document
+  CHECK(parse("model: {d_model: 64}\n---\n").model.d_model == 64);  // a trailing empty one is nothing
+  CHECK_THROWS_WITH(parse(std::string(100000, '[')),
+                    "t.yaml: YAML nested deeper than the parser's limit (2000");
+  std::string indented;
+  for (int i = 0; i < 3000; i++) indented += std::string(size_t(i), ' ') + "a:\n";
+  CHECK_THROWS_WITH(parse(indented), "nested deeper than the parser's limit");
+}
+
 void test_overrides() {
   const std::string p = write_file("over.yaml", "optim:\n  lr: 0.01\nmodel:\n  d_model: 64\n");
   CHECK(load_config(p, {}).optim.lr == 0.01);
@@ -384,6 +398,7 @@ int main() {
   test_unknown_keys();
   test_type_errors();
   test_structure_errors();
+  test_documents_and_depth();
   test_overrides();
   test_arch_defaults();
   test_cross_checks();

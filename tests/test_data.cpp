@@ -15,6 +15,7 @@
 #include "core/check.h"
 #include "data/loader.h"
 #include "data/shard.h"
+#include "data/tokenizer.h"
 #include "tests/testing.h"
 
 using namespace scmoe;
@@ -301,18 +302,60 @@ void test_loader_errors() {
   DataLoader ok(d + "/short_*.bin", "data.val", 7, 256, false, 1);  // T+1 == 8 fits the second shard
   CHECK(ok.num_windows() == 1);
 
+  // Every token is checked when the loader opens the shard (not when its window is first read): a bad
+  // token in window 1, or in the tail no window covers, stops the run at start, naming key and shard.
   std::vector<uint32_t> t(64, 1);
   t[12] = 300;  // inside window 1 (tokens 8..16)
   write_shard(d + "/vocab_000000.bin", t);
+  CHECK_THROWS_WITH(DataLoader(d + "/vocab_*.bin", "data.train", 8, 256, false, 1),
+                    "data.train: token shard '" + d +
+                        "/vocab_000000.bin': token 300 at position 12 >= "
+                        "model.vocab_size 256");
+  t[12] = 1, t[63] = 70000;  // version 2 (uint32 tokens), in the last token
+  write_shard(d + "/vocab_000000.bin", t);
+  CHECK_THROWS_WITH(DataLoader(d + "/vocab_*.bin", "data.val", 8, 256, false, 1),
+                    "data.val: token shard '" + d + "/vocab_000000.bin': token 70000 at position 63");
+  // A shard truncated while the loader uses it (it was memory-mapped: SIGBUS) is an error naming it.
+  t[63] = 1;
+  write_shard(d + "/vocab_000000.bin", t);
   DataLoader dl(d + "/vocab_*.bin", "data.train", 8, 256, false, 1);
   std::vector<int32_t> in(8), tg(8);
-  dl.next_batch(1, 0, 1, in.data(), tg.data());  // window 0: tokens 0..8, all fine
+  dl.next_batch(1, 0, 1, in.data(), tg.data());
+  CHECK(::truncate((d + "/vocab_000000.bin").c_str(), 1024 + 2 * 20) == 0);  // 20 tokens left
+  dl.next_batch(1, 0, 1, in.data(), tg.data());  // window 1: tokens 8..16, still there
   CHECK_THROWS_WITH(dl.next_batch(1, 0, 1, in.data(), tg.data()),
-                    "token 300 at position 12 >= model.vocab_size 256");
+                    "token shard '" + d +
+                        "/vocab_000000.bin' ended early while reading at byte 1064 (was it "
+                        "truncated while in use?)");
 
   auto bytes = header_bytes(kShardMagic, 1, 100);
   write_raw(d + "/broken_000000.bin", bytes);
   CHECK_THROWS_WITH(DataLoader(d + "/broken_*.bin", "data.train", 8, 256, false, 1), "truncated");
+}
+
+// What generation reads from a data set: meta.json's tokenizer, the gpt2 vocabulary listing, token ids.
+void test_tokenizer_inputs() {
+  using scmoe::tokenizer_from_meta_json;
+  CHECK(tokenizer_from_meta_json("{\"vocab_size\": 50257, \"tokenizer\": \"gpt2\"}", "m.json") == "gpt2");
+  CHECK(tokenizer_from_meta_json("{\"tokenizer\" :\n \"byte\"}", "m.json") == "byte");
+  CHECK(tokenizer_from_meta_json("{\"vocab_size\": 256}", "m.json").empty());
+  CHECK_THROWS_WITH(tokenizer_from_meta_json("{\"tokenizer\": 3}", "d/m.json"),
+                    "d/m.json: \"tokenizer\" is not followed by a string value");
+  CHECK_THROWS_WITH(tokenizer_from_meta_json("{\"tokenizer\"", "m.json"), "m.json");
+  CHECK_THROWS_WITH(tokenizer_from_meta_json("{\"tokenizer\": \"gpt2", "m.json"), "m.json");
+
+  const scmoe::Tokenizer t = scmoe::Tokenizer::from_vocab_lines("61\n6263\nf09f98\n");
+  CHECK(t.vocab_size() == 3 && t.decode(1) == "bc" && t.decode(2) == "\xf0\x9f\x98");
+  CHECK(t.decode(3) == "\xEF\xBF\xBD" && t.decode(-1) == "\xEF\xBF\xBD");  // outside: U+FFFD
+  CHECK_THROWS_WITH(scmoe::Tokenizer::from_vocab_lines("61\n6\n"), "vocabulary line 2 has an odd number");
+  CHECK_THROWS_WITH(scmoe::Tokenizer::from_vocab_lines("zz\n"), "vocabulary line 1 is not lowercase hex");
+  CHECK_THROWS_WITH(scmoe::Tokenizer::from_vocab_lines(""), "printed no vocabulary");
+
+  CHECK(scmoe::parse_token_ids(" 0 17\n2 ", 18) == (std::vector<int32_t>{0, 17, 2}));
+  CHECK_THROWS_WITH(scmoe::parse_token_ids("1 18", 18), "'18' is not a token id in [0, 18)");
+  CHECK_THROWS_WITH(scmoe::parse_token_ids("-1", 18), "'-1' is not a token id");
+  CHECK_THROWS_WITH(scmoe::parse_token_ids("7x", 18), "'7x' is not a token id");
+  CHECK_THROWS_WITH(scmoe::parse_token_ids("99999999999999999999", 18), "is not a token id");
 }
 
 }  // namespace
@@ -327,6 +370,7 @@ int main() {
     test_rank_slices();
     test_epoch_wrap_and_state();
     test_loader_errors();
+    test_tokenizer_inputs();
   } catch (const std::exception& e) {
     std::fprintf(stderr, "unexpected exception: %s\n", e.what());
     ++testing_::failures();

@@ -14,6 +14,7 @@
 
 #include "comm/communicator.h"
 #include "comm/store.h"
+#include "comm/store_wire.h"
 #include "tests/testing.h"
 
 using scmoe::TcpStore;
@@ -260,9 +261,49 @@ void test_single_process_communicator() {
   c->barrier(nullptr);
 }
 
+// The parser rank 0 runs on whatever reaches its port: bounded fields, counts and timeouts.
+void test_wire_bounds() {
+  auto decode = [](const scmoe::Writer& w) {
+    scmoe::BufferReader in(w.bytes().data(), w.bytes().size());
+    return scmoe::read_store_request(in);
+  };
+  scmoe::Writer ok;
+  ok.u8(scmoe::kStoreGet).str("rank/1").u64(30000);
+  const scmoe::StoreRequest r = decode(ok);
+  CHECK(r.op == scmoe::kStoreGet && r.key == "rank/1" && r.timeout == Ms(30000));
+  scmoe::Writer forever;
+  forever.u8(scmoe::kStoreGet).str("k").u64(~uint64_t{0});  // would overflow now() + timeout
+  CHECK_THROWS_WITH(decode(forever), "a timeout of 18446744073709551615 ms");
+  scmoe::Writer huge;
+  huge.u8(scmoe::kStoreSet).u32(1u << 30);
+  CHECK_THROWS_WITH(decode(huge), "a field of 1073741824 bytes");
+  scmoe::Writer announced;  // 200 MB announced, 3 bytes sent: an early end, not a 200 MB string
+  announced.u8(scmoe::kStoreSet).u32(200u << 20).u8(1).u8(2).u8(3);
+  CHECK_THROWS_WITH(decode(announced), "message ends early");
+  scmoe::Writer keys;
+  keys.u8(scmoe::kStoreCheck).u32(scmoe::kStoreMaxKeys + 1);
+  CHECK_THROWS_WITH(decode(keys), "keys");
+  scmoe::Writer op;
+  op.u8(9);
+  CHECK_THROWS_WITH(decode(op), "unknown request 9");
+}
+
+// try_get: a quick answer for a present key, false for an absent one after its own short timeout.
+void test_try_get() {
+  TcpStore server(kAddr, 0, true, Ms(5000));
+  server.set("alive/1", bytes("3 7 all_reduce_sum"));
+  std::string v;
+  CHECK(server.try_get("alive/1", Ms(200), Ms(1000), &v) && v == "3 7 all_reduce_sum");
+  const auto t0 = Clock::now();
+  CHECK(!server.try_get("alive/2", Ms(200), Ms(1000), &v));
+  CHECK(seconds_since(t0) < 2.0);
+}
+
 }  // namespace
 
 int main() {
+  test_wire_bounds();
+  test_try_get();
   test_set_get_check();
   test_blocking_get_satisfied_later();
   test_timeouts_name_what_is_missing();

@@ -36,25 +36,26 @@ inline int& checks() {
     }                                                                                      \
   } while (0)
 
-// Expects `expr` to throw an exception whose what() contains `needle`.
-#define CHECK_THROWS_WITH(expr, needle)                                                    \
-  do {                                                                                     \
-    ++testing_::checks();                                                                  \
-    bool threw_ = false;                                                                   \
-    try {                                                                                  \
-      expr;                                                                                \
-    } catch (const std::exception& e_) {                                                   \
-      threw_ = true;                                                                       \
-      if (std::string(e_.what()).find(needle) == std::string::npos) {                      \
-        ++testing_::failures();                                                            \
+// Expects `expr` to throw an exception whose what() contains `needle` (a C string or std::string).
+#define CHECK_THROWS_WITH(expr, needle)                                                         \
+  do {                                                                                          \
+    ++testing_::checks();                                                                       \
+    bool threw_ = false;                                                                        \
+    try {                                                                                       \
+      expr;                                                                                     \
+    } catch (const std::exception& e_) {                                                        \
+      threw_ = true;                                                                            \
+      const std::string needle_(needle);                                                        \
+      if (std::string(e_.what()).find(needle_) == std::string::npos) {                          \
+        ++testing_::failures();                                                                 \
         std::fprintf(stderr, "wrong error for %s: '%s' lacks '%s' (%s:%d)\n", #expr, e_.what(), \
-                     needle, __FILE__, __LINE__);                                          \
-      }                                                                                    \
-    }                                                                                      \
-    if (!threw_) {                                                                         \
-      ++testing_::failures();                                                              \
-      std::fprintf(stderr, "expected %s to throw (%s:%d)\n", #expr, __FILE__, __LINE__);   \
-    }                                                                                      \
+                     needle_.c_str(), __FILE__, __LINE__);                                      \
+      }                                                                                         \
+    }                                                                                           \
+    if (!threw_) {                                                                              \
+      ++testing_::failures();                                                                   \
+      std::fprintf(stderr, "expected %s to throw (%s:%d)\n", #expr, __FILE__, __LINE__);        \
+    }                                                                                           \
   } while (0)
 
 #define TEST_MAIN_END()                                                                  \

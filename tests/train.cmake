@@ -1,6 +1,7 @@
 # End-to-end tests of the train binary on Tiny Shakespeare (tests/train_tests.sh holds the cases).
 foreach(case learns resume_dense resume_scmoe resume_moe eval_only nan_stops sigterm bad_inputs
-             overlap_identical_pos1 overlap_identical_pos2 overlap_identical_pos3 overlap_measured pipeline_equiv)
+             overlap_identical_pos1 overlap_identical_pos2 overlap_identical_pos3 overlap_measured pipeline_equiv
+             data_changes checkpoint_corrupt out_dir_lock notices_on_resume)
   add_test(NAME train_${case}
            COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/train_tests.sh $<TARGET_FILE:train> ${CMAKE_SOURCE_DIR} ${case})
   set_tests_properties(train_${case} PROPERTIES LABELS "unit;e2e" TIMEOUT 600 WORKING_DIRECTORY ${CMAKE_CURRENT_BINARY_DIR})

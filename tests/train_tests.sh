@@ -13,6 +13,19 @@ TINY=(--set model.n_layer=2 --set model.d_model=64 --set model.n_head=4 --set mo
       --set "data.train=$DATA/train_*.bin" --set "data.val=$DATA/val_*.bin" --set train.threads=1  # ctest runs two cases at once on 2 cores
       --set train.device=cpu)  # the CPU backend's behaviour, also on a machine with a GPU (auto would take it)
 
+PY=python3
+"$PY" -c 'import numpy' 2>/dev/null || PY=/usr/bin/python3  # the checkpoint tools need numpy
+
+# train_in_background LOG STEP args...: starts `train args` (output to LOG) and returns once it has
+# logged step STEP (or after 10 s); its pid is in BG_PID.
+train_in_background() {
+  local log=$1 step=$2
+  shift 2
+  "$TRAIN" "$@" >"$log" 2>&1 &
+  BG_PID=$!
+  for _ in $(seq 200); do grep -q "^step *$step/" "$log" 2>/dev/null && break; sleep 0.05; done
+}
+
 val_of() { grep -o '"val_loss":[0-9.e+-]*' "$1/metrics.jsonl" | tail -1 | cut -d: -f2; }
 
 case $CASE in
@@ -86,10 +99,9 @@ nan_stops)
   ;;
 sigterm)
   # SIGTERM: the run writes a checkpoint, exits 128+15, and resumes from it.
-  "$TRAIN" "${TINY[@]}" --set train.max_steps=100000 --set checkpoint.every=0 --set train.eval_every=0 \
-    --set train.out_dir=run >log.txt 2>&1 &
-  pid=$!
-  for _ in $(seq 100); do grep -q "step     3/" log.txt 2>/dev/null && break; sleep 0.1; done
+  train_in_background log.txt 3 "${TINY[@]}" --set train.max_steps=100000 --set checkpoint.every=0 \
+    --set train.eval_every=0 --set train.out_dir=run
+  pid=$BG_PID
   kill -TERM $pid
   set +e
   wait $pid
@@ -128,6 +140,16 @@ bad_inputs)
   expect_error "truncated" "${TINY[@]}" --set "data.val=bad/val_*.bin" --set train.out_dir=r2
   expect_error ">= model.vocab_size" "${TINY[@]}" --set model.vocab_size=50 --set train.max_steps=1 --set train.out_dir=r3
   expect_error "data.train" "${TINY[@]}" --set "data.train=nowhere/*.bin" --set train.out_dir=r4
+  # Issue 15, cases 5 and 7: a second YAML document, nesting past the parser's limit, a model larger
+  # than the machine.
+  printf 'model: {d_model: 64}\n---\ntrain: {seed: 2}\n' >two.yaml
+  expect_error "two.yaml:3:1: a second YAML document (after '---')" --config two.yaml
+  "$PY" -c "print('[' * 100000)" >deep.yaml
+  expect_error "deep.yaml: YAML nested deeper than the parser's limit" --config deep.yaml
+  expect_error "out of host memory: parameters (master weights) needs" "${TINY[@]}" --set model.d_model=4000000 \
+    --set model.n_head=1 --set train.out_dir=r5
+  expect_error "out of host memory: the activation arena needs" "${TINY[@]}" --set model.seq_len=4000000 \
+    --set train.batch_size=64 --set train.out_dir=r6
   echo "all documented errors seen"
   ;;
 overlap_identical_*)
@@ -209,6 +231,129 @@ assert {"dispatch L1", "combine L1", "combine grad L1", "dispatch grad L1"} <= s
 assert "attn1" in comp and "compute1" in comp and "bw_compute1" in comp, comp
 print(f"trace: {len(comm)} exchanges on the communication track, {len(comp)} events on the compute track")
 PY
+  ;;
+data_changes)
+  # Issue 15, cases 1 and 2: data that changes or is bad loses no training and never kills with SIGBUS.
+  # (a) A token >= model.vocab_size in the validation shard stops the run at start, naming the shard.
+  mkdir -p bad
+  cp "$DATA/val_000000.bin" bad/val_000000.bin
+  printf '\x2c\x01' | dd of=bad/val_000000.bin bs=1 seek=$(( $(stat -c %s bad/val_000000.bin) - 2 )) conv=notrunc status=none
+  if "$TRAIN" "${TINY[@]}" --set "data.val=bad/val_*.bin" --set train.max_steps=50 --set train.out_dir=a >a.log 2>&1; then
+    fail "a bad validation token was accepted"
+  fi
+  grep -q "error: data.val: token shard 'bad/val_000000.bin': token 300 at position .* >= model.vocab_size 256" a.log ||
+    fail "bad token error unclear: $(tail -1 a.log)"
+  grep -q "^step" a.log && fail "training started before the bad token was found"
+  # truncated_while_training SPLIT LOG args...: trains on a copy of the SPLIT (train|val) shard, truncates
+  # it to its header and 38 tokens once step 2 is logged, and leaves the exit status in RC.
+  truncated_while_training() {
+    local split=$1 log=$2
+    shift 2
+    cp "$DATA/${split}_000000.bin" "bad/${split}_000000.bin"
+    train_in_background "$log" 2 "${TINY[@]}" --set "data.$split=bad/${split}_*.bin" --set train.eval_every=0 \
+      --set checkpoint.every=0 "$@"
+    truncate -s 1100 "bad/${split}_000000.bin"
+    RC=0
+    wait $BG_PID || RC=$?
+  }
+  # (b) The train shard truncated while training: a named error, not SIGBUS (exit 135).
+  truncated_while_training train b.log --set train.max_steps=100000 --set train.out_dir=b
+  [[ $RC == 2 ]] || { tail -3 b.log; fail "truncated train shard: exit status $RC, expected 2 (135 is SIGBUS)"; }
+  grep -q "token shard 'bad/train_000000.bin' ended early .* truncated while in use" b.log ||
+    fail "truncation error unclear: $(tail -1 b.log)"
+  # (c) The validation shard truncated during training: the final evaluation fails, but only after the
+  # final checkpoint is on disk.
+  truncated_while_training val c.log --set train.max_steps=150 --set train.out_dir=c
+  grep -q "^step   150/150" c.log || fail "the run did not reach its last step: $(tail -2 c.log)"
+  [[ $RC == 2 ]] || fail "truncated val shard: exit status $RC, expected 2"
+  grep -q "ended early" c.log || fail "evaluation error unclear: $(tail -1 c.log)"
+  [[ -f c/checkpoints/step_00000150/COMPLETE ]] || fail "the final checkpoint was lost with the evaluation"
+  echo "bad val token refused at start; truncated train shard -> exit 2 with a message; final checkpoint kept"
+  ;;
+checkpoint_corrupt)
+  # Issue 15, case 4: a damaged checkpoint is refused by every reader, naming file and tensor; weights
+  # that give non-finite logits stop generation with an error.
+  "$TRAIN" "${TINY[@]}" --set train.max_steps=2 --set train.out_dir=run >log.txt 2>&1 || { cat log.txt; fail "train"; }
+  good=run/checkpoints/step_00000002
+  cp -r $good flipped
+  "$PY" - flipped/model.safetensors <<'PY'
+import sys
+p = sys.argv[1]
+b = bytearray(open(p, "rb").read())
+b[-40] ^= 0x10  # one bit of the last tensor's data
+open(p, "wb").write(b)
+PY
+  expect_refused() {  # expect_refused NEEDLE LABEL command...
+    local needle=$1 label=$2
+    shift 2
+    if "$@" >out.txt 2>err.txt; then fail "$label accepted a damaged checkpoint"; fi
+    grep -qF -- "$needle" err.txt || fail "$label: error lacks '$needle': $(tail -1 err.txt)"
+  }
+  expect_refused "in flipped/model.safetensors fails its checksum" resume \
+    "$TRAIN" "${TINY[@]}" --set train.max_steps=4 --set train.out_dir=r1 --resume flipped
+  expect_refused "fails its checksum" eval-only "$TRAIN" "${TINY[@]}" --set train.out_dir=r2 --eval-only --resume flipped
+  expect_refused "fails its checksum" generate "$TRAIN" generate "${TINY[@]}" --resume flipped --prompt "To be"
+  expect_refused "fails its checksum" reshard "$PY" "$SRC/scripts/reshard_checkpoint.py" flipped resharded --world-size 1
+  [[ ! -e resharded ]] || fail "reshard left an output behind"
+  # A NaN (or huge weights) written with valid checksums, through the project's own writer.
+  cp -r $good nan
+  cp -r $good huge
+  "$PY" - "$SRC" <<'PY'
+import sys
+sys.path.insert(0, sys.argv[1] + "/tests/torch_ref")
+import st
+t, md = st.read("nan/model.safetensors")
+t["ln_f.weight"][5] = float("nan")
+st.write("nan/model.safetensors", t, md)
+t, md = st.read("huge/model.safetensors")
+t["ln_f.weight"][:] = 3e38  # finite weights, logits that overflow
+st.write("huge/model.safetensors", t, md)
+PY
+  expect_refused "tensor 'ln_f.weight' in nan/model.safetensors holds a non-finite value at element 5" resume \
+    "$TRAIN" "${TINY[@]}" --set train.max_steps=4 --set train.out_dir=r3 --resume nan
+  expect_refused "non-finite value at element 5" generate "$TRAIN" generate "${TINY[@]}" --resume nan --prompt "To be"
+  expect_refused "non-finite value" reshard "$PY" "$SRC/scripts/reshard_checkpoint.py" nan resharded --world-size 1
+  expect_refused "is not finite" generate "$TRAIN" generate "${TINY[@]}" --resume huge --prompt "To be" --max-new-tokens 4
+  [[ ! -s out.txt ]] || fail "generate printed tokens from non-finite logits: $(od -c out.txt | head -2)"
+  # The intact checkpoint still loads everywhere.
+  "$TRAIN" "${TINY[@]}" --set train.out_dir=r4 --eval-only --resume $good >/dev/null 2>&1 || fail "intact checkpoint refused"
+  "$PY" "$SRC/scripts/reshard_checkpoint.py" $good ok --world-size 1 >/dev/null || fail "reshard of the intact checkpoint"
+  "$TRAIN" "${TINY[@]}" --set train.out_dir=r5 --eval-only --resume ok >/dev/null 2>&1 || fail "resharded checkpoint refused"
+  echo "flipped bit, NaN and overflowing weights refused by resume, eval-only, generate and reshard"
+  ;;
+out_dir_lock)
+  # Issue 15, case 6: a second run on the same train.out_dir stops at once naming the first; a killed
+  # run's lock is taken over with a notice.
+  train_in_background a.log 3 "${TINY[@]}" --set train.max_steps=100000 --set train.eval_every=0 \
+    --set checkpoint.every=2 --set train.out_dir=run
+  pid=$BG_PID
+  if "$TRAIN" "${TINY[@]}" --set train.max_steps=10 --set train.out_dir=run --resume auto >b.log 2>&1; then
+    kill -KILL $pid; fail "a second run on the same out_dir was allowed"
+  fi
+  grep -q "error: train.out_dir 'run' is in use by another run (pid $pid on host" b.log ||
+    { kill -KILL $pid; fail "refusal does not name the first run (pid $pid): $(tail -1 b.log)"; }
+  kill -KILL $pid
+  wait $pid 2>/dev/null || true
+  "$TRAIN" "${TINY[@]}" --set train.max_steps=6 --set train.out_dir=run --resume auto >c.log 2>&1 ||
+    { cat c.log; fail "the run after a killed one failed"; }
+  grep -q "notice: took over the lock run/.lock of a run that is no longer running (pid $pid" c.log ||
+    fail "no takeover notice: $(grep -i lock c.log)"
+  [[ ! -s run/.lock ]] || fail "lock file not emptied at a clean exit"
+  echo "second run refused naming pid $pid; lock of the killed run taken over"
+  ;;
+notices_on_resume)
+  # Issue 15, case 8: a resume that changes the batch, or has nothing left to train, says so.
+  "$TRAIN" "${TINY[@]}" --set train.max_steps=4 --set train.out_dir=run >a.log 2>&1 || { cat a.log; fail "train"; }
+  "$TRAIN" "${TINY[@]}" --set train.max_steps=6 --set train.batch_size=4 --set train.out_dir=run --resume auto \
+    >b.log 2>&1 || { cat b.log; fail "resume with another batch size"; }
+  grep -q "notice: train.batch_size was 8 when the checkpoint was written, now 4" b.log ||
+    fail "no batch-size notice: $(grep -i notice b.log)"
+  "$TRAIN" "${TINY[@]}" --set train.max_steps=6 --set train.batch_size=4 --set train.out_dir=run --resume auto \
+    >c.log 2>&1 || { cat c.log; fail "resume at max_steps"; }
+  grep -q "notice: the checkpoint is at step 6 and train.max_steps is 6: nothing to train" c.log ||
+    fail "no max_steps notice: $(grep -i notice c.log)"
+  grep -q "train.batch_size was" c.log && fail "a notice for a batch size that did not change"
+  echo "batch-size change and nothing-to-train resumes noticed"
   ;;
 *)
   fail "unknown case"

@@ -1,6 +1,8 @@
 // Checkpoint contents (see checkpoint.h).
 #include "train/checkpoint.h"
 
+#include <cctype>
+#include <cstdint>
 #include <cstdio>
 #include <filesystem>
 #include <set>
@@ -23,22 +25,32 @@ std::map<std::string, std::string> TrainState::to_metadata(const std::string& dt
 }
 
 TrainState TrainState::from_metadata(const std::map<std::string, std::string>& md, const std::string& file) {
-  auto get = [&](const char* k) -> const std::string& {
+  // Each field whole and in range: a damaged file fails here, naming the key, not later as a strange
+  // step count or data position.
+  auto get = [&](const char* k, bool is_signed) -> uint64_t {
     auto it = md.find(k);
     SCMOE_CHECK(it != md.end(), file << ": checkpoint metadata lacks '" << k << "'");
-    return it->second;
+    const std::string& v = it->second;
+    size_t used = 0;
+    uint64_t x = 0;
+    try {
+      if (!v.empty() && v[0] != '-' && v[0] != '+' && !std::isspace(static_cast<unsigned char>(v[0])))
+        x = std::stoull(v, &used);
+    } catch (const std::logic_error&) {
+      used = 0;
+    }
+    SCMOE_CHECK(used > 0 && used == v.size() && (!is_signed || x <= uint64_t(INT64_MAX)),
+                file << ": checkpoint metadata '" << k << "' is '" << v.substr(0, 40) << "', not a "
+                     << (is_signed ? "count" : "number") << " (the file is damaged)");
+    return x;
   };
   TrainState s;
-  try {
-    s.step = std::stoll(get("step"));
-    s.adam_t = std::stoll(get("adam_t"));
-    s.data_epoch = std::stoull(get("data_epoch"));
-    s.data_cursor = std::stoull(get("data_cursor"));
-    s.rng_state = std::stoull(get("rng_state"));
-    s.tokens_seen = std::stoll(get("tokens_seen"));
-  } catch (const std::logic_error&) {
-    SCMOE_FAIL(file << ": checkpoint metadata holds a malformed number");
-  }
+  s.step = int64_t(get("step", true));
+  s.adam_t = int64_t(get("adam_t", true));
+  s.data_epoch = get("data_epoch", false);
+  s.data_cursor = get("data_cursor", false);
+  s.rng_state = get("rng_state", false);
+  s.tokens_seen = int64_t(get("tokens_seen", true));
   return s;
 }
 

@@ -2,6 +2,7 @@
 // validation, the resolved config as YAML, and the Markdown reference in docs/config.md.
 #include "train/config.h"
 
+#include <yaml-cpp/depthguard.h>  // YAML::DeepRecursion
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -67,7 +68,8 @@ const Key kKeys[] = {
     KEY(model.n_layer, at_least(1), "transformer blocks"),
     KEY(model.d_model, at_least(1), "width of the residual stream"),
     KEY(model.n_head, at_least(1), "attention heads (must divide d_model)"),
-    KEY(model.d_ff, at_least(1), "hidden size of the dense MLP (and of the experts unless moe.d_expert is set)"),
+    KEY(model.d_ff, at_least(1),
+        "hidden size of the dense MLP (and of the experts unless moe.d_expert is set)"),
     KEY(model.seq_len, at_least(1), "context length in tokens"),
     KEY(model.vocab_size, at_least(2), "vocabulary size; every token in the shards must be below it"),
     KEY(model.norm, one_of("layernorm|rmsnorm"), "normalisation layer"),
@@ -75,7 +77,8 @@ const Key kKeys[] = {
     KEY(moe.num_experts, at_least(1), "routed experts per MoE layer (over all ranks)"),
     KEY(moe.top_k, at_least(1), "routed experts per token; when not set, 1 for arch scmoe and shared_expert"),
     KEY(moe.every, at_least(1), "an MoE layer every `every` blocks (the last block of each group)"),
-    KEY(moe.d_expert, at_least(0), "hidden size of each routed expert and of the shared expert; 0: model.d_ff"),
+    KEY(moe.d_expert, at_least(0),
+        "hidden size of each routed expert and of the shared expert; 0: model.d_ff"),
     KEY(moe.capacity_factor, any(),
         "capacity per expert is top_k * ceil(cf * tokens / num_experts); <= 0: dropless"),
     KEY(moe.aux_loss_coef, at_least(0), "weight of the load-balancing auxiliary loss"),
@@ -83,9 +86,11 @@ const Key kKeys[] = {
     KEY(moe.gate_noise, any(), "add learned noise to the gate logits in training"),
     KEY(moe.renormalize, any(), "renormalise the top-k probabilities when top_k > 1"),
     KEY(moe.pipeline_degree, at_least(1),
-        "split each expert's All-to-All and computation into this many chunks that overlap (capacity_factor > 0)"),
+        "split each expert's All-to-All and computation into this many chunks that overlap (capacity_factor "
+        "> 0)"),
     KEY(moe.force_balanced_routing, any(),
-        "benchmarks only (cpu backend): route by random logits, as Megatron-Core's moe_router_force_load_balancing, "
+        "benchmarks only (cpu backend): route by random logits, as Megatron-Core's "
+        "moe_router_force_load_balancing, "
         "so expert loads stay balanced and communication is measured apart from load imbalance; the router "
         "does not learn, and a resumed run routes differently"),
     KEY(scmoe.position, between(1, 3),
@@ -115,35 +120,44 @@ const Key kKeys[] = {
     KEY(train.precision, one_of("fp32|bf16"),
         "activation precision; bf16 needs cuda (master weights stay fp32)"),
     KEY(train.dtype, one_of("float32|float64"), "CPU compute type (float64 for gradient checks)"),
-    KEY(train.out_dir, non_empty(), "run directory: config.yaml, metrics.jsonl, checkpoints/"),
+    KEY(train.out_dir, non_empty(),
+        "run directory: config.yaml, metrics.jsonl, checkpoints/; one run at a time (.lock)"),
     KEY(train.log_every, at_least(1), "log training metrics every N steps"),
     KEY(train.eval_every, at_least(0), "validate every N steps; 0: only at the end"),
     KEY(train.eval_batches, at_least(1), "validation batches per evaluation"),
     KEY(train.threads, at_least(0), "OpenMP threads; 0: the library's default"),
     KEY(train.trace_step, at_least(0),
-        "write a Chrome trace (one track per stream and rank) of this step to out_dir/trace-rankR.json; 0: off"),
+        "write a Chrome trace (one track per stream and rank) of this step to out_dir/trace-rankR.json; 0: "
+        "off"),
     KEY(data.train, non_empty(), "glob of the training token shards"),
     KEY(data.val, non_empty(), "glob of the validation token shards"),
     KEY(data.shuffle, any(), "shuffle the order of training windows each epoch (seeded)"),
     KEY(checkpoint.every, at_least(0), "checkpoint every N steps; 0: only at the end and on signals"),
     KEY(checkpoint.keep, at_least(1), "keep the last K checkpoints"),
-    KEY(comm.timeout_s, above(0), "seconds before a rendezvous or collective with a missing peer fails"),
+    KEY(comm.timeout_s, above(0),
+        "seconds before a rendezvous or collective with a missing peer fails (naming the ranks that hang)"),
     KEY(comm.overlap, any(),
-        "run the MoE All-to-Alls on a communication stream ordered by events (cpu and cuda): scmoe overlaps them "
-        "with the backbone, moe.pipeline_degree > 1 with the experts' chunks; false: every exchange in order on "
+        "run the MoE All-to-Alls on a communication stream ordered by events (cpu and cuda): scmoe overlaps "
+        "them "
+        "with the backbone, moe.pipeline_degree > 1 with the experts' chunks; false: every exchange in order "
+        "on "
         "the compute stream, the sequential reference (bit-identical results)"),
     KEY(comm.measure_peer_wait, any(),
-        "several ranks: a barrier before each MoE All-to-All splits its time into waiting for the slowest rank "
+        "several ranks: a barrier before each MoE All-to-All splits its time into waiting for the slowest "
+        "rank "
         "(load imbalance, peer_wait_ms) and the transfer; adds one barrier per exchange"),
     KEY(comm.transport, one_of("auto|gloo|shm"),
-        "several ranks on the cpu backend: how the MoE All-to-Alls travel; shm through a shared-memory segment "
-        "(every rank on this host), gloo over TCP; auto: shm when every rank is on this host and it can be set up"),
+        "several ranks on the cpu backend: how the MoE All-to-Alls travel; shm through a shared-memory "
+        "segment "
+        "(every rank on this host), gloo over TCP; auto: shm when every rank is on this host and it can be "
+        "set up"),
     KEY(comm.simulate_link.bandwidth_gb_s, at_least(0),
         "delay each All-to-All as a link of this many GB/s would; 0: no simulated link"),
     KEY(comm.simulate_link.latency_us, at_least(0),
         "latency of the simulated link per All-to-All, in microseconds"),
     KEY(inference.offload_experts, any(),
-        "generate: keep routed experts in host memory and a device cache of expert_cache_slots per MoE layer"),
+        "generate: keep routed experts in host memory and a device cache of expert_cache_slots per MoE "
+        "layer"),
     KEY(inference.expert_cache_slots, at_least(1),
         "experts per MoE layer in the device cache when offloading (between moe.top_k and moe.num_experts)"),
     KEY(inference.migration, one_of("async|blocking|speculative"),
@@ -533,6 +547,9 @@ void apply_map(const YAML::Node& map, const std::string& prefix, Parse& st, cons
   }
 }
 
+// yaml-cpp's DepthGuard limit (yaml-cpp/depthguard.h).
+constexpr int kYamlDepthLimit = 2000;
+
 // yaml-cpp marks are 0-based; editors count from 1.
 std::string position_of(const YAML::Mark& m) {
   if (m.is_null()) return "";
@@ -540,12 +557,23 @@ std::string position_of(const YAML::Mark& m) {
 }
 
 void apply_document(const std::string& text, Parse& st, const std::string& origin) {
-  YAML::Node root;
+  std::vector<YAML::Node> docs;
   try {
-    root = YAML::Load(text);
+    docs = YAML::LoadAll(text);
+  } catch (const YAML::DeepRecursion&) {  // yaml-cpp says only "bad file" at line 1
+    throw Error(origin + ": YAML nested deeper than the parser's limit (" + std::to_string(kYamlDepthLimit) +
+                " levels); a configuration is three levels deep at most: is this the right file?");
   } catch (const YAML::Exception& e) {
     throw Error(origin + position_of(e.mark) + ": YAML syntax error: " + e.msg);
   }
+  // A second document ('---') would otherwise be dropped without a word.
+  for (size_t i = 1; i < docs.size(); i++)
+    if (!docs[i].IsNull())
+      throw Error(origin + position_of(docs[i].Mark()) +
+                  ": a second YAML document (after '---'); a configuration is " +
+                  "one document: merge the two, or give the second's keys with --set");
+  if (docs.empty()) return;
+  const YAML::Node& root = docs[0];
   if (root.IsNull()) return;  // empty file: defaults
   if (!root.IsMap())
     fail(origin, "",
@@ -689,6 +717,13 @@ std::string config_to_yaml(const Config& c) {
     open.assign(parts.begin(), parts.end() - 1);
     out += std::string(2 * (parts.size() - 1), ' ') + parts.back() + ": " + value_text(k, copy) + "\n";
   }
+  return out;
+}
+
+std::vector<std::pair<std::string, std::string>> config_key_values(const Config& c) {
+  Config copy = c;  // the schema's accessors take a mutable Config
+  std::vector<std::pair<std::string, std::string>> out;
+  for (const Key& k : kKeys) out.push_back({k.path, value_text(k, copy)});
   return out;
 }
 

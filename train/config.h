@@ -3,6 +3,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace scmoe {
@@ -126,6 +127,9 @@ Config parse_config_text(const std::string& yaml_text, const std::string& origin
 
 // The resolved config as YAML (every key, printed at start and saved with checkpoints).
 std::string config_to_yaml(const Config& c);
+
+// Every key with its resolved value as config_to_yaml writes it ("optim.lr", "0.001"), in schema order.
+std::vector<std::pair<std::string, std::string>> config_key_values(const Config& c);
 
 // Markdown table of every key: key, type, default, allowed values, meaning (docs/config.md).
 std::string config_reference_markdown();

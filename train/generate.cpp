@@ -53,6 +53,18 @@ std::string prompt_text(const GenerateOptions& opt) {
   return s.str();
 }
 
+// A non-finite logit means the weights (or an overflow in the model) went bad: an error, never a
+// sampled token printed as if nothing had happened.
+template <class T>
+void check_logits(const T* logits, int V, int64_t position) {
+  for (int i = 0; i < V; i++)
+    SCMOE_CHECK(std::isfinite(logits[i]), "generate: the logit of token "
+                                              << i << " at position " << position << " is "
+                                              << double(logits[i])
+                                              << ": the model's output is not finite (damaged weights, or "
+                                                 "activations overflowing the precision); nothing sampled");
+}
+
 // Prompt in, continuation out: the decode loop and the figures (logits on the host: T on the CPU, fp32
 // from the CUDA backend).
 template <class Gen>
@@ -68,6 +80,7 @@ int decode(const Config& cfg, const GenerateOptions& opt, Gen& gen, const std::v
   const double t_decode = now_ms();
   for (int i = 0; i < opt.max_new_tokens; i++) {
     const double t0 = now_ms();
+    check_logits(logits, cfg.model.vocab_size, int64_t(prompt.size()) + i - 1);
     const int32_t next = sample_token(logits, cfg.model.vocab_size, opt.sampling, rng);
     const std::string bytes = tok.decode(next);
     std::fwrite(bytes.data(), 1, bytes.size(), stdout);

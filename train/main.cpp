@@ -5,6 +5,7 @@
 #include <csignal>
 #include <cstdio>
 #include <iostream>
+#include <new>
 
 #include "comm/communicator.h"
 #include "core/check.h"
@@ -57,6 +58,10 @@ int generate_main(int argc, char** argv) {
     return scmoe::run_generate(cfg, opt);
   } catch (const po::error& e) {
     std::fprintf(stderr, "error: %s (see train generate --help)\n", e.what());
+  } catch (const std::bad_alloc&) {  // a host allocation outside the model's named arrays
+    std::fprintf(stderr,
+                 "error: out of host memory (std::bad_alloc outside the model's arrays, which are "
+                 "checked by name); the run needs more memory than this machine has\n");
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
   }
@@ -111,6 +116,10 @@ int main(int argc, char** argv) {
     return scmoe::run_training(cfg, opt);
   } catch (const po::error& e) {
     std::fprintf(stderr, "error: %s (see train --help)\n", e.what());
+  } catch (const std::bad_alloc&) {  // a host allocation outside the model's named arrays
+    std::fprintf(stderr,
+                 "error: out of host memory (std::bad_alloc outside the model's arrays, which are "
+                 "checked by name); the run needs more memory than this machine has\n");
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
   }

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <limits>
@@ -16,6 +17,7 @@
 #include <utility>
 
 #include "core/check.h"
+#include "core/crc32.h"
 
 namespace scmoe {
 namespace {
@@ -534,9 +536,22 @@ size_t safetensors_dtype_size(const std::string& dtype) {
   SCMOE_FAIL("unknown safetensors dtype '" << dtype << "'");
 }
 
+std::string tensor_checksum(const void* data, size_t nbytes) {
+  char buf[16];
+  std::snprintf(buf, sizeof buf, "%08x", static_cast<unsigned>(crc32(data, nbytes)));
+  return buf;
+}
+
 void safetensors_write(const std::string& path, const std::vector<StTensor>& tensors,
                        const std::map<std::string, std::string>& metadata) {
-  const std::string header = build_header(tensors, metadata, path);  // validates before touching the file
+  for (const auto& kv : metadata)
+    SCMOE_CHECK(kv.first.rfind(kChecksumPrefix, 0) != 0,
+                path << ": metadata key '" << kv.first << "' is reserved for the tensors' checksums");
+  build_header(tensors, metadata, path);  // validates (sizes, data present) before reading any tensor
+  // Every tensor's checksum in the metadata, verified by read_into.
+  std::map<std::string, std::string> md = metadata;
+  for (const StTensor& t : tensors) md[kChecksumPrefix + t.name] = tensor_checksum(t.data, t.nbytes);
+  const std::string header = build_header(tensors, md, path);
   char len[8];
   for (int i = 0; i < 8; ++i)
     len[i] = static_cast<char>((static_cast<uint64_t>(header.size()) >> (8 * i)) & 0xff);
@@ -582,6 +597,15 @@ StFile safetensors_parse(std::vector<char> bytes, const std::string& path) {
     f.tensors.emplace(t.name, std::move(t));
   }
   check_tiling(spans, buffer_size, path);
+  // Checksums live apart from the caller's metadata (what a writer passed is what a reader gets).
+  for (auto it = f.metadata.begin(); it != f.metadata.end();) {
+    if (it->first.rfind(kChecksumPrefix, 0) == 0) {
+      f.checksums[it->first.substr(std::strlen(kChecksumPrefix))] = it->second;
+      it = f.metadata.erase(it);
+    } else {
+      ++it;
+    }
+  }
 
   f.blob = std::move(bytes);
   for (const Span& s : spans) f.tensors[s.name].data = f.blob.data() + data_start + s.begin;
@@ -606,12 +630,41 @@ const StTensor& StFile::at(const std::string& name) const {
                         << " tensors: " << names.str() << ")");
 }
 
+void StFile::verify(const std::string& name) const {
+  const StTensor& t = at(name);
+  auto it = checksums.find(name);
+  if (it != checksums.end()) {
+    const std::string got = tensor_checksum(t.data, t.nbytes);
+    SCMOE_CHECK(got == it->second, "tensor '" << name << "' in " << path
+                                              << " fails its checksum (stored crc32 " << it->second
+                                              << ", the bytes give " << got
+                                              << "): the file is corrupt; copy it again or resume from an "
+                                                 "earlier checkpoint");
+  }
+  // A non-finite value: the file is damaged, or training had diverged before it was written.
+  auto first_bad = [&](auto zero) -> int64_t {
+    using F = decltype(zero);
+    const size_t n = t.nbytes / sizeof(F);
+    for (size_t i = 0; i < n; i++) {
+      F v;
+      std::memcpy(&v, static_cast<const char*>(t.data) + i * sizeof(F), sizeof(F));
+      if (!std::isfinite(v)) return int64_t(i);
+    }
+    return -1;
+  };
+  const int64_t bad = t.dtype == "F32" ? first_bad(0.f) : t.dtype == "F64" ? first_bad(0.0) : -1;
+  SCMOE_CHECK(bad < 0,
+              "tensor '" << name << "' in " << path << " holds a non-finite value at element " << bad
+                         << ": the checkpoint is corrupt, or training had diverged before it was written");
+}
+
 void StFile::read_into(const std::string& name, const std::string& dtype, void* out, size_t nbytes) const {
   const StTensor& t = at(name);
   SCMOE_CHECK(t.dtype == dtype && t.nbytes == nbytes,
               "tensor '" << name << "' in " << path << ": expected " << dtype << " with " << nbytes
                          << " bytes, file has " << t.dtype << " with " << t.nbytes << " bytes (shape "
                          << shape_str(t.shape) << ")");
+  verify(name);
   if (nbytes > 0) std::memcpy(out, t.data, nbytes);
 }
 

@@ -20,17 +20,26 @@ struct StTensor {
 // Bytes per element of a safetensors dtype; throws scmoe::Error for an unknown one.
 size_t safetensors_dtype_size(const std::string& dtype);
 
-// Writes tensors (in the given order) and string metadata to `path`; fsyncs before returning.
-// Throws scmoe::Error on any I/O failure (e.g. disk full), naming the path.
+// Every tensor's CRC-32 (core/crc32.h, 8 lowercase hex digits) is stored in the metadata under this
+// prefix + its name; readers verify it (StFile::read_into), scripts/reshard_checkpoint.py too.
+constexpr const char* kChecksumPrefix = "crc32:";
+std::string tensor_checksum(const void* data, size_t nbytes);
+
+// Writes tensors (in the given order) and string metadata (plus each tensor's checksum) to `path`;
+// fsyncs before returning. Throws scmoe::Error on any I/O failure (e.g. disk full), naming the path.
 void safetensors_write(const std::string& path, const std::vector<StTensor>& tensors,
                        const std::map<std::string, std::string>& metadata = {});
 
 struct StFile {
-  std::map<std::string, std::string> metadata;
+  std::map<std::string, std::string> metadata;   // as written (the checksums taken out)
+  std::map<std::string, std::string> checksums;  // tensor name -> its crc32 (files by other tools: none)
   std::map<std::string, StTensor> tensors;  // data points into `blob`
   std::vector<char> blob;                   // the whole file
-  // Copies tensor `name` into `out` after checking dtype and element count; error names file+tensor.
+  // Copies tensor `name` into `out` after checking dtype and element count, its checksum (when the
+  // file has one) and that it holds only finite values (F32, F64); errors name file and tensor.
   void read_into(const std::string& name, const std::string& dtype, void* out, size_t nbytes) const;
+  // The checksum and finiteness checks of read_into alone.
+  void verify(const std::string& name) const;
   // The tensor `name`; error naming file+tensor when absent.
   const StTensor& at(const std::string& name) const;
   std::string path;

@@ -21,11 +21,13 @@
 #include "model/gpt.h"
 #include "optim/adamw.h"
 #include "optim/schedule.h"
+#include "train/backend_select.h"
 #include "train/checkpoint.h"
 #include "train/checkpoint_dir.h"
 #include "train/metrics.h"
-#include "train/backend_select.h"
 #include "train/moe_metrics.h"
+#include "train/rank_agreement.h"
+#include "train/run_lock.h"
 
 namespace fs = std::filesystem;
 
@@ -69,6 +71,8 @@ class Trainer {
   void setup();
   std::string use_shm_transport(bool on_device);
   void resume_from(const std::string& dir);
+  void notice_resume_changes(const std::map<std::string, std::string>& md);
+  void lock_out_dir();
   double evaluate();
   void save_checkpoint();
   bool train_step();  // false when the loss is not finite
@@ -93,6 +97,7 @@ class Trainer {
   Rng rng_;
   std::string ckpt_root_;
   double last_loss_ = 0, last_norm_ = 0, last_lr_ = 0;
+  std::unique_ptr<RunLock> lock_;  // rank 0's hold on train.out_dir while training
   int64_t first_step_ = 0;  // the step this process started (or resumed) at
   double last_eval_ms_ = 0;
   MoeStepStats moe_stats_;
@@ -108,6 +113,7 @@ void Trainer<B>::setup() {
   const bool on_device = !B::kHostMemory;
   if (world_ > 1) {
     comm_ = make_gloo_communicator(env_, cfg_.comm.timeout_s);
+    check_ranks_agree(cfg_, *comm_);  // before anything else runs on different configurations
     const std::string moe_path = use_shm_transport(on_device);
     comm_->set_simulated_link({cfg_.comm.simulate_link.bandwidth_gb_s, cfg_.comm.simulate_link.latency_us});
     log_info("process group: %d ranks (%s, gloo via %s:%d; MoE All-to-Alls %s)", world_, env_.source.c_str(),
@@ -214,6 +220,29 @@ void Trainer<B>::resume_from(const std::string& dir) {
   rng_.state = state_.rng_state;
   if (train_data_) train_data_->set_state({state_.data_epoch, state_.data_cursor});
   log_info("resumed from %s at step %lld", dir.c_str(), (long long)state_.step);
+  if (!opt_.eval_only) notice_resume_changes(md);
+}
+
+// What a resume changes that the user may not have meant: a different batch (the data position and the
+// learning-rate schedule carry on in steps, so the tokens per step change), or nothing left to train.
+template <class B>
+void Trainer<B>::notice_resume_changes(const std::map<std::string, std::string>& md) {
+  auto was = [&](const char* key, int64_t now, const char* name) {
+    auto it = md.find(key);
+    if (it == md.end() || it->second == std::to_string(now)) return;  // older checkpoints lack the keys
+    log_info(
+        "notice: %s was %s when the checkpoint was written, now %lld (training continues by steps: each "
+        "step now takes a different number of tokens; the data position and learning-rate schedule carry on)",
+        name, it->second.c_str(), (long long)now);
+  };
+  was("batch_size", cfg_.train.batch_size, "train.batch_size");
+  was("seq_len", cfg_.model.seq_len, "model.seq_len");
+  was("grad_accum", grad_accum_, "the gradient accumulation (train.grad_accum / global_batch_tokens)");
+  if (state_.step >= cfg_.train.max_steps)
+    log_info(
+        "notice: the checkpoint is at step %lld and train.max_steps is %d: nothing to train (raise "
+        "train.max_steps to continue, e.g. --set train.max_steps=%lld)",
+        (long long)state_.step, cfg_.train.max_steps, (long long)state_.step + cfg_.train.max_steps);
 }
 
 template <class B>
@@ -237,6 +266,19 @@ void Trainer<B>::save_checkpoint() {
   std::vector<G> params(table.total()), m(table.total()), v(table.total());
   model_->get_params(params.data());
   optim_->get_moments(m.data(), v.data());
+  // A checkpoint never holds a non-finite weight (readers refuse one): a step whose loss was still
+  // finite can leave diverged weights behind, and the last good checkpoint must survive it.
+  std::string bad;
+  for (const ParamSpec& p : table.specs()) {
+    for (size_t i = 0; i < p.numel && bad.empty(); i++)
+      if (!std::isfinite(double(params[p.offset + i]))) bad = "'" + p.name + "' element " + std::to_string(i);
+    if (!bad.empty()) break;
+  }
+  SCMOE_CHECK(!any_rank(!bad.empty()), "the weights are not finite after step "
+                                           << state_.step << " (" << (bad.empty() ? "on another rank" : bad)
+                                           << "): training diverged; no checkpoint written, the last "
+                                              "one (if any) in "
+                                           << ckpt_root_ << " is intact; lower optim.lr");
   state_.adam_t = optim_->t();
   state_.rng_state = rng_.state;
   LoaderState ls = train_data_->state();
@@ -246,6 +288,10 @@ void Trainer<B>::save_checkpoint() {
   md["world_size"] = std::to_string(world_);
   md["rank"] = std::to_string(rank_);
   md["experts_per_rank"] = std::to_string(cfg_.model.arch == "dense" ? 0 : cfg_.moe.num_experts / world_);
+  // The batch's shape, so that a resume that changes it says so (resume_from).
+  md["batch_size"] = std::to_string(cfg_.train.batch_size);
+  md["seq_len"] = std::to_string(cfg_.model.seq_len);
+  md["grad_accum"] = std::to_string(grad_accum_);
   // Every rank writes its own files into rank 0's temporary directory; rank 0 renames it only when all
   // ranks report success, so a rank dying mid-write leaves no directory that looks complete.
   auto write_mine = [&](const std::string& tmp) {
@@ -362,9 +408,27 @@ bool Trainer<B>::any_rank(bool flag) {
   return v > 0;
 }
 
+// Rank 0 locks train.out_dir (RunLock); every rank stops if it could not.
+template <class B>
+void Trainer<B>::lock_out_dir() {
+  std::string err, notice;
+  if (rank_ == 0) {
+    try {
+      lock_ = std::make_unique<RunLock>(cfg_.train.out_dir, &notice);
+    } catch (const Error& e) {
+      err = e.what();
+    }
+  }
+  if (!notice.empty()) log_info("notice: %s", notice.c_str());
+  const bool failed = any_rank(!err.empty());
+  if (!err.empty()) throw Error(err);
+  SCMOE_CHECK(!failed, "rank 0 could not lock train.out_dir '" << cfg_.train.out_dir << "' (see its error)");
+}
+
 template <class B>
 int Trainer<B>::run() {
   setup();
+  if (!opt_.eval_only) lock_out_dir();  // before looking for a checkpoint another run may be writing
   std::string resume_dir = opt_.resume.empty() ? "" : resolve_resume(opt_.resume, ckpt_root_);
   if (opt_.resume == "auto" && resume_dir.empty()) log_info("resume auto: no checkpoint in %s, starting fresh", ckpt_root_.c_str());
   if (opt_.eval_only) {
@@ -416,12 +480,14 @@ int Trainer<B>::run() {
                format_eta((tc.max_steps - state_.step) * ema_ms / 1000.0).c_str(),
                (moe_stats_.summary() + comm_summary).c_str());
     bool last = state_.step == tc.max_steps;
+    // The checkpoint first: an evaluation that fails (data changed under the run, a model gone bad)
+    // then costs no training.
+    if ((cfg_.checkpoint.every > 0 && state_.step % cfg_.checkpoint.every == 0) || last) save_checkpoint();
     if ((tc.eval_every > 0 && state_.step % tc.eval_every == 0) || last) {
       double vl = evaluate();
       metrics_->write(state_.step, {{"val_loss", vl}, {"eval_forward_ms", last_eval_ms_}});
       log_info("step %5lld/%d | val_loss %.4f", (long long)state_.step, tc.max_steps, vl);
     }
-    if ((cfg_.checkpoint.every > 0 && state_.step % cfg_.checkpoint.every == 0) || last) save_checkpoint();
     // Ranks may see a forwarded signal at different steps: agree before stopping together.
     if (any_rank(g_stop_signal != 0)) {
       int sig = g_stop_signal ? int(g_stop_signal) : SIGTERM;

@@ -21,6 +21,7 @@
 
 #include "core/check.h"
 #include "core/expert_link.h"
+#include "core/host_memory.h"
 #include "core/stream.h"
 #include "kernels/backend_types.h"
 #include "kernels/cpu/adamw.h"
@@ -62,6 +63,7 @@ class Cpu {
     Array& operator=(Array&&) noexcept = default;
     Array(size_t n, const std::string& what) : n_(n) {
       if (n == 0) return;
+      check_host_allocation(n, sizeof(X), what);  // before Linux's overcommit lets it "succeed"
       const size_t bytes = (n * sizeof(X) + 63) / 64 * 64;
       p_.reset(static_cast<X*>(std::aligned_alloc(64, bytes)));
       SCMOE_CHECK(p_, "out of host memory allocating " << what << " (" << bytes / 1048576.0 << " MiB)");

@@ -54,6 +54,32 @@ seed_corpora() {
     >"$work/corpus_fuzz_shard_header/v1.bin"
   python3 -c 'import struct,sys; sys.stdout.buffer.write(struct.pack("<3i", 20240520, 2, 1) + bytes(1012) + struct.pack("<I", 70000))' \
     >"$work/corpus_fuzz_shard_header/v2.bin"
+  mkdir -p "$work/corpus_fuzz_safetensors" "$work/corpus_fuzz_checkpoint_metadata" "$work/corpus_fuzz_meta_tokenizer" \
+    "$work/corpus_fuzz_store_wire"
+  # A small checkpoint-like file (with checksums) from the project's own writer, and its training state.
+  /usr/bin/python3 - "$src" "$work" <<'PY'
+import struct, sys, zlib
+src, work = sys.argv[1], sys.argv[2]
+sys.path.insert(0, src + "/tests/torch_ref")
+import numpy as np
+import st
+st.write(work + "/corpus_fuzz_safetensors/ckpt.safetensors",
+         {"m.wte": np.arange(6, dtype=np.float32).reshape(2, 3), "v.wte": np.ones(3, dtype=np.float64)},
+         {"step": "12", "adam_t": "12", "data_epoch": "0", "data_cursor": "7", "rng_state": "99",
+          "tokens_seen": "4096", "dtype": "F32", "format": "scmoe-checkpoint-1"})
+open(work + "/corpus_fuzz_checkpoint_metadata/state.txt", "w").write(
+    "step=12\nadam_t=12\ndata_epoch=0\ndata_cursor=7\nrng_state=99\ntokens_seen=4096\n")
+open(work + "/corpus_fuzz_meta_tokenizer/meta", "wb").write(
+    b'{"tokenizer": "gpt2", "vocab_size": 50257}\0' + b"".join(bytes([c]).hex().encode() + b"\n" for c in b"ab ")
+    + b"\x0068 6c 6c 6f\n")
+def s(x): return struct.pack("<I", len(x)) + x
+open(work + "/corpus_fuzz_store_wire/requests", "wb").write(
+    b"\x01" + s(b"rank/0") + s(b"1") + b"\x02" + s(b"gloo/0") + struct.pack("<Q", 30000)
+    + b"\x03" + struct.pack("<I", 2) + s(b"rank/0") + s(b"rank/1") + struct.pack("<Q", 100)
+    + b"\x04" + struct.pack("<I", 1) + s(b"alive/1"))
+PY
+  printf '"__metadata__"\n"dtype"\n"shape"\n"data_offsets"\n"F32"\n"F64"\n"BF16"\n"crc32:"\n"step"\n' \
+    >"$work/fuzz_safetensors.dict"
 }
 
 # Key names as a dictionary, so that the fuzzer gets past "unknown key" to the values.
@@ -91,8 +117,19 @@ make_dict
 status=0
 build fuzz_config "$src/tests/fuzz/fuzz_config.cpp" "$src/train/config.cpp" -lyaml-cpp || status=1
 build fuzz_shard_header "$src/tests/fuzz/fuzz_shard_header.cpp" "$src/data/shard.cpp" || status=1
+build fuzz_safetensors "$src/tests/fuzz/fuzz_safetensors.cpp" "$src/train/safetensors.cpp" \
+  "$src/train/checkpoint.cpp" "$src/core/crc32.cpp" || status=1
+build fuzz_checkpoint_metadata "$src/tests/fuzz/fuzz_checkpoint_metadata.cpp" "$src/train/safetensors.cpp" \
+  "$src/train/checkpoint.cpp" "$src/core/crc32.cpp" || status=1
+build fuzz_meta_tokenizer "$src/tests/fuzz/fuzz_meta_tokenizer.cpp" "$src/data/tokenizer.cpp" \
+  "$src/train/config.cpp" -lyaml-cpp || status=1
+build fuzz_store_wire "$src/tests/fuzz/fuzz_store_wire.cpp" "$src/comm/store_wire.cpp" || status=1
 [[ $status == 0 ]] || exit 1
 run fuzz_config -dict="$work/fuzz_config.dict" || status=1
 run fuzz_shard_header || status=1
+run fuzz_safetensors -dict="$work/fuzz_safetensors.dict" || status=1
+run fuzz_checkpoint_metadata || status=1
+run fuzz_meta_tokenizer || status=1
+run fuzz_store_wire || status=1
 [[ $status == 0 ]] && echo "fuzzing clean"
 exit $status

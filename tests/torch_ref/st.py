@@ -3,10 +3,14 @@
 Format: 8-byte little-endian header length N, then N bytes of JSON
 {name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {str: str}},
 then the raw little-endian tensor bytes; offsets are relative to the start of that data block.
+scmoe stores each tensor's CRC-32 in the metadata as "crc32:<name>" (8 hex digits, zlib's crc32 of the
+tensor's bytes): read() verifies it when present (and leaves it out of the metadata it returns),
+write() always stores it.
 """
 
 import json
 import struct
+import zlib
 
 import numpy as np
 
@@ -26,6 +30,8 @@ _NP_OF = {
     "BOOL": np.dtype("?"),
 }
 _ST_OF = {dt: name for name, dt in _NP_OF.items()}
+
+CHECKSUM_PREFIX = "crc32:"
 
 # A header larger than this is a corrupt length field, not a real file (safetensors uses 100 MB).
 _MAX_HEADER = 100 * 1024 * 1024
@@ -76,6 +82,8 @@ def read(path, bf16_as_f32=True):
             isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
         raise SafetensorsError(f"{path}: __metadata__ must map strings to strings")
 
+    checksums = {k[len(CHECKSUM_PREFIX):]: v for k, v in metadata.items() if k.startswith(CHECKSUM_PREFIX)}
+    metadata = {k: v for k, v in metadata.items() if not k.startswith(CHECKSUM_PREFIX)}
     tensors = {}
     for name, info in header.items():
         try:
@@ -95,6 +103,12 @@ def read(path, bf16_as_f32=True):
             raise SafetensorsError(
                 f"{path}: tensor {name!r} ({st_dtype} {shape}) has offsets [{begin}, {end}) "
                 f"but needs {count * np_dtype.itemsize} bytes within {len(data)} data bytes")
+        want = checksums.get(name)
+        if want is not None:
+            got = f"{zlib.crc32(data[begin:end]):08x}"
+            if got != want:
+                raise SafetensorsError(f"{path}: tensor {name!r} fails its checksum (stored crc32 {want}, "
+                                       f"the bytes give {got}): the file is corrupt")
         # copy(): detach from the file buffer and make the array writable for callers.
         arr = np.frombuffer(data[begin:end], dtype=np_dtype, count=count).reshape(shape).copy()
         if st_dtype == "BF16" and bf16_as_f32:
@@ -106,12 +120,15 @@ def read(path, bf16_as_f32=True):
 def write(path, tensors, metadata=None, bf16=()):
     """Write tensors (dict name -> array-like, insertion order kept) and string metadata.
 
+    Each tensor's checksum is added to the metadata (keys already named like one are dropped first).
+
     Names listed in bf16 are stored as BF16 (rounded from float32). Anything with a .numpy()
     method (a CPU torch tensor) is accepted, so callers need not convert first.
     """
     header = {}
     chunks = []
     offset = 0
+    metadata = {k: v for k, v in (metadata or {}).items() if not k.startswith(CHECKSUM_PREFIX)}
     for name, value in tensors.items():
         if name == "__metadata__":
             raise SafetensorsError("'__metadata__' is reserved and cannot name a tensor")
@@ -129,6 +146,7 @@ def write(path, tensors, metadata=None, bf16=()):
         header[name] = {"dtype": st_dtype, "shape": list(arr.shape),
                         "data_offsets": [offset, offset + len(raw_bytes)]}
         chunks.append(raw_bytes)
+        metadata[CHECKSUM_PREFIX + name] = f"{zlib.crc32(raw_bytes):08x}"
         offset += len(raw_bytes)
     if metadata:
         bad = [k for k, v in metadata.items() if not isinstance(k, str) or not isinstance(v, str)]
