@@ -845,22 +845,24 @@ void bench_moe(Bench& b) {
 
   if (b.wants_any({"router_forward", "router_backward"})) {
     DevBuf<T> logits(size_t(N) * E), dlogits(size_t(N) * E);
-    DevBuf<float> probs(size_t(N) * E), gate(size_t(N) * k), dgate(size_t(N) * k), pmean(E), losses(2);
+    DevBuf<float> probs(size_t(N) * E), gate(size_t(N) * k), dgate(size_t(N) * k), pmean(E), losses(3);
     DevBuf<int32_t> topk(size_t(N) * k);
     DevBuf<int64_t> counts(E);
     fill_random(logits.get(), logits.size(), 1.f, 91), fill_random(dgate.get(), dgate.size(), 1.f, 92);
     const size_t ws_bytes = cu::router_forward_workspace_bytes(N, E);
     DevBuf<char> ws(ws_bytes, "router workspace");
     const std::string sh = shape_str({{"N", N}, {"E", E}, {"k", k}});
+    scmoe::RouterSpec r;  // softmax top-k, renormalised: the default router
+    r.E = E, r.k = k, r.renormalize = true;
     b.time("router_forward", dt, sh, N * E * (s + 4.0) + 8.0 * Nk, 0, Rate::memory, [&] {
-      cu::router_forward(logits.get(), N, E, k, true, probs.get(), topk.get(), gate.get(), pmean.get(),
-                         counts.get(), losses.get(), ws.get(), b.stream);
+      cu::router_forward(logits.get(), N, r, probs.get(), topk.get(), gate.get(), pmean.get(), counts.get(), nullptr,
+                         losses.get(), ws.get(), b.stream);
     });
-    cu::router_forward(logits.get(), N, E, k, true, probs.get(), topk.get(), gate.get(), pmean.get(),
-                       counts.get(), losses.get(), ws.get(), b.stream);  // the backward's inputs
+    cu::router_forward(logits.get(), N, r, probs.get(), topk.get(), gate.get(), pmean.get(), counts.get(), nullptr,
+                       losses.get(), ws.get(), b.stream);  // the backward's inputs
     b.time("router_backward", dt, sh, N * E * (s + 4.0) + 8.0 * Nk, 0, Rate::memory, [&] {
-      cu::router_backward(dlogits.get(), dgate.get(), logits.get(), probs.get(), topk.get(), counts.get(), N,
-                          E, k, true, 0.01f, 0.f, b.stream);
+      cu::router_backward(dlogits.get(), dgate.get(), logits.get(), probs.get(), topk.get(), counts.get(), nullptr, N,
+                          r, {0.01, 0.0, 0.0}, b.stream);
     });
   }
 

@@ -33,6 +33,32 @@ struct GroupRows {
   bool uniform() const { return !begin && !count; }
 };
 
+// How a MoE router turns gate logits [N,E] into choices and gates (both backends' router kernels):
+//   scores p = softmax(logits) over the experts, or sigmoid(logits) per expert (moe.score);
+//   the top-k choice ranks p + bias (moe.expert_bias; the bias never enters a gate or a gradient),
+//     ties to the lower expert index;
+//   gates = the chosen p, divided by their sum when renormalize and k > 1;
+//   the balance losses use q = p normalised over the experts (q = p for softmax): the GShard/Switch aux
+//     loss E sum_e mean_n(q[n,e]) f_e, and with seq_len > 0 DeepSeek-V3's sequence-level loss, per
+//     sequence of seq_len tokens E/(k T) sum_e count_{s,e} mean_t q[t,e], averaged over sequences.
+struct RouterSpec {
+  int E = 0, k = 1;
+  bool renormalize = true;
+  bool sigmoid = false;
+  const float* bias = nullptr;  // [E] in the backend's memory, or null
+  int seq_len = 0;              // tokens per sequence for the sequence-level statistics; 0: off
+  int64_t sequences(int N) const { return seq_len > 0 ? N / seq_len : 0; }
+};
+
+// Coefficients of the router's backward: d(objective)/d(aux), d/d(z), d/d(seq aux), already scaled for
+// this rank's share of the global batch.
+struct RouterGradScales {
+  double aux = 0, z = 0, seq = 0;
+};
+
+// The router's statistics as ranks exchange them: {counts[E], N * pmean[E], N * z, S * seq}.
+inline int64_t router_stats_size(int E) { return 2 * int64_t(E) + 2; }
+
 // The largest shapes a model runs, so that a backend can size its scratch (workspaces) once.
 struct KernelShapes {
   int B = 0, Tn = 0, C = 0, V = 0, H = 0, F = 0;  // F: the largest hidden size (MLP, expert)

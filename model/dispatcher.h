@@ -109,7 +109,7 @@ struct Dispatcher {
     buckets = a.alloc<int64_t>(2 * (size_t)E * kc);
     seg_counts_dev = a.alloc<int64_t>((size_t)P * El);
     dropped_dev = a.alloc<int64_t>(1);
-    stats_buf = a.alloc<double>(2 * (size_t)E + 1);
+    stats_buf = a.alloc<double>((size_t)router_stats_size(E));
     xs = a.alloc<T>(local * C), ys = a.alloc<T>(local * C);
     xr = a.alloc<T>(worst * C), yr = a.alloc<T>(worst * C);
     if (fixed && counts_on_host && W > 1)
@@ -217,7 +217,7 @@ struct Dispatcher {
   // The router's statistics summed over ranks, on the side stream after the rows' plan (the compute
   // stream reads them only after waiting for the combine, which follows on that stream).
   void post_stats_all_reduce() {
-    const size_t n = 2 * (size_t)E + 1;
+    const size_t n = (size_t)router_stats_size(E);
     if (W == 1) return;
     if (host_task()) side->enqueue([this, n] { comm->all_reduce_sum(stats_buf, n, DType::f64, nullptr); });
     else comm->all_reduce_sum(stats_buf, n, DType::f64, side);

@@ -88,11 +88,19 @@ class GPT {
   const T* host_experts() const { return host_experts_.get(); }
   const std::vector<std::vector<size_t>>& expert_offsets() const { return expert_offsets_; }
 
-  // Auxiliary losses (coefficient-weighted router balance + z-loss) of the last forward, summed over
+  // Auxiliary losses (coefficient-weighted router balance, z and sequence-level losses) of the last forward, summed over
   // MoE layers; they are part of the training objective but not of the reported cross-entropy.
   double aux_loss();
   // (layer index, statistics of its last forward) for every MoE layer (waits for the streams).
   std::vector<std::pair<int, MoeStats>> moe_stats();
+
+  // moe.expert_bias: after each optimizer step, every MoE layer's bias moves towards balance by the
+  // step's loads (queued on the compute stream). The biases are state outside the parameter table:
+  // checkpoints hold them as "blocks.<l>.moe.expert_bias" (fp32 [E]); empty without the option.
+  void update_expert_biases();
+  std::vector<std::pair<std::string, std::vector<float>>> expert_biases();
+  void set_expert_bias(const std::string& name, const std::vector<float>& bias);
+  static std::string expert_bias_name(int layer) { return "blocks." + std::to_string(layer) + ".moe.expert_bias"; }
 
   // With scmoe.expert_slot: auto, picks each branch's slot from the op times of the first
   // kAutoSlotSteps steps (call after every step); returns a line to log when it did.

@@ -419,8 +419,33 @@ template <class B>
 double GPT<B>::aux_loss() {
   take_stats();
   double s = 0;
-  for (const auto& [l, st] : stats_) s += blocks_[l].moe->aux_coef * st.aux + blocks_[l].moe->z_coef * st.z;
+  for (const auto& [l, st] : stats_) {
+    const MoE<B>& m = *blocks_[l].moe;
+    s += m.aux_coef * st.aux + m.z_coef * st.z + m.seq_coef * st.seq;
+  }
   return s;
+}
+
+template <class B>
+void GPT<B>::update_expert_biases() {
+  for (Block<B>& b : blocks_)
+    if (b.moe) b.moe->update_expert_bias();
+}
+
+template <class B>
+std::vector<std::pair<std::string, std::vector<float>>> GPT<B>::expert_biases() {
+  std::vector<std::pair<std::string, std::vector<float>>> out;
+  for (int l = 0; l < mc_.n_layer; l++)
+    if (blocks_[l].moe && blocks_[l].moe->bias_cfg.enabled) out.push_back({expert_bias_name(l), blocks_[l].moe->expert_bias()});
+  return out;
+}
+
+template <class B>
+void GPT<B>::set_expert_bias(const std::string& name, const std::vector<float>& bias) {
+  for (int l = 0; l < mc_.n_layer; l++)
+    if (name == expert_bias_name(l) && blocks_[l].moe && blocks_[l].moe->bias_cfg.enabled)
+      return blocks_[l].moe->set_expert_bias(bias);
+  SCMOE_FAIL("no MoE layer with an expert bias is named by '" << name << "'");
 }
 
 template <class B>

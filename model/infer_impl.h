@@ -110,7 +110,7 @@ void Generator<B>::alloc(Arena& a) {
   ye_ = a.alloc<T>(K * C);
   stats_ = a.alloc<S>(2), att_ = a.alloc<S>(size_t(H_) * Tn_);
   glogits_ = a.alloc<T>(E), probs_ = a.alloc<S>(E), pmean_ = a.alloc<Acc>(E), counts_ = a.alloc<int64_t>(E);
-  losses_ = a.alloc<Acc>(2);
+  losses_ = a.alloc<Acc>(3);
   spec_x_ = a.alloc<T>(C), lnf_out_ = a.alloc<T>(C), logits_ = a.alloc<T>(V_);
   pos_k_ = a.alloc<int32_t>(K), spec_idx_ = a.alloc<int32_t>(K);
   spec_gate_ = a.alloc<S>(K);
@@ -189,6 +189,13 @@ void Generator<B>::forward_position(int32_t token) {
   k_.matmul_forward(logits_, lnf_out_, w + ar.wte.offset, (const T*)nullptr, 1, C, V_);
 }
 
+// The training router's choice for one token (scores, expert bias, renormalisation as trained): no
+// sequence statistics.
+inline RouterSpec one_token(RouterSpec r) {
+  r.seq_len = 0;
+  return r;
+}
+
 // The gate of block m's routed branch on its input. The host learns the chosen experts; with async
 // migration their copies start now, while the backbone goes on.
 template <class B>
@@ -196,7 +203,7 @@ void Generator<B>::route(int m) {
   BlockState& s = st_[m];
   const MoE<B>& moe = *model_.blocks()[m].moe;
   moe.gate.forward(glogits_, s.moe_in, 1);
-  k_.router_forward(glogits_, 1, E_, k_choices_, moe.renormalize, probs_, s.idx, s.gate, pmean_, counts_, losses_);
+  k_.router_forward(glogits_, 1, one_token(moe.spec), probs_, s.idx, s.gate, pmean_, counts_, nullptr, losses_);
   k_.download(s.chosen.data(), s.idx, size_t(k_choices_));
   if (caches_.empty() || migration_ == Migration::blocking) return;
   for (int32_t e : s.chosen) caches_[m]->request(e);
@@ -209,7 +216,7 @@ void Generator<B>::speculate(int m, const T* h) {
   const Block<B>& b = model_.blocks()[m];
   norm(b.ln2, spec_x_, h);
   b.moe->gate.forward(glogits_, spec_x_, 1);
-  k_.router_forward(glogits_, 1, E_, k_choices_, b.moe->renormalize, probs_, spec_idx_, spec_gate_, pmean_, counts_,
+  k_.router_forward(glogits_, 1, one_token(b.moe->spec), probs_, spec_idx_, spec_gate_, pmean_, counts_, nullptr,
                     losses_);
   std::vector<int32_t> guess(k_choices_);
   k_.download(guess.data(), spec_idx_, guess.size());

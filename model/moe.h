@@ -1,5 +1,5 @@
-// A mixture-of-experts layer, split as Megatron-Core splits it: router (gate logits, softmax, top-k,
-// losses) -> dispatcher (rows to the experts' ranks, capacity) -> experts (GELU MLPs on their rows,
+// A mixture-of-experts layer, split as Megatron-Core splits it: router (gate logits, scores, top-k,
+// losses; RouterSpec) -> dispatcher (rows to the experts' ranks, capacity) -> experts (GELU MLPs on their rows,
 // one grouped product) -> combine (rows back, weighted by the gates). Only the dispatcher knows about
 // other ranks; the router's statistics (aux / z losses) are reduced over ranks so every loss and
 // gradient equals the single-process one on the same global batch. Written once for both backends.
@@ -16,12 +16,14 @@
 
 namespace scmoe {
 
-// What a MoE layer observed in its last forward (for logs and metrics). Counts are this rank's
-// share (its experts); aux and z are global.
+// What a MoE layer observed in its last forward (for logs and metrics). tokens_per_expert counts are
+// this rank's share (its experts); aux, z, seq and routed are global.
 struct MoeStats {
-  double aux = 0, z = 0;
+  double aux = 0, z = 0, seq = 0;
   int64_t dropped = 0, assignments = 0;
   std::vector<int64_t> tokens_per_expert;  // [E] admitted rows; zeros for experts on other ranks
+  std::vector<int64_t> routed;             // [E] assignments over the global batch, before capacity
+  float bias_min = 0, bias_max = 0;        // the expert bias's range (moe.expert_bias; 0 without)
 };
 
 // Gate noise for one MoE layer (Shazeer et al.'s noisy top-k): eps ~ N(0,1) per (token, expert) from a
@@ -43,9 +45,11 @@ struct MoE {
   using Acc = typename B::Acc;
   B* k = nullptr;
   int N = 0, C = 0, F = 0, E = 0, kc = 1, W = 1, El = 0, first_expert = 0, layer = 0;
-  bool renormalize = true, noise = false, force_balanced = false;
+  bool noise = false, force_balanced = false;
   Rng balance_rng;
-  double capacity_factor = 0, aux_coef = 0, z_coef = 0;
+  RouterSpec spec;  // scores, top-k, renormalisation, the expert bias, sequence statistics
+  double capacity_factor = 0, aux_coef = 0, z_coef = 0, seq_coef = 0;
+  ExpertBiasConfig bias_cfg;
   int pipeline_degree = 1;
   Communicator* comm = nullptr;
   Linear<B> gate, noise_gate;
@@ -57,7 +61,8 @@ struct MoE {
   S *probs = nullptr, *topk_gate = nullptr, *noise_eps = nullptr;
   int32_t* topk_idx = nullptr;
   int64_t* route_counts = nullptr;  // assignments per expert before capacity (global after the reduce)
-  Acc *pmean = nullptr, *losses = nullptr;  // losses: {aux, z} (global after the reduce)
+  int32_t* seq_counts = nullptr;    // [N / seq_len, E] assignments per sequence (sequence-level loss)
+  Acc *pmean = nullptr, *losses = nullptr;  // losses: {aux, z, seq} (global after the reduce)
   const T* x = nullptr;
   int64_t N_global = 0;
   // backward scratch; dx is this layer's gradient w.r.t. its input (read by whoever owns the input)
@@ -72,7 +77,16 @@ struct MoE {
     layer = layer_index, comm = c;
     W = c ? c->world_size() : 1;
     El = ba.experts.count, first_expert = ba.experts.first_expert;
-    renormalize = moe.renormalize, noise = moe.gate_noise, force_balanced = moe.force_balanced_routing;
+    noise = moe.gate_noise, force_balanced = moe.force_balanced_routing;
+    spec.E = E, spec.k = kc, spec.renormalize = moe.renormalize, spec.sigmoid = moe.score == "sigmoid";
+    seq_coef = moe.seq_aux_loss_coef;
+    spec.seq_len = seq_coef > 0 ? cfg.model.seq_len : 0;
+    bias_cfg = moe.expert_bias;
+    if (bias_cfg.enabled) {  // state, not an activation: lives with the weights (also for generation)
+      bias_ = typename B::template Array<float>(size_t(E), "the expert bias");
+      load_ = typename B::template Array<int64_t>(size_t(E), "the expert loads of a step");
+      spec.bias = bias_.get();
+    }
     balance_rng = Rng(hash_string("balanced-routing", (uint64_t)layer_index * 1000003u + (c ? c->rank() : 0)));
     capacity_factor = moe.capacity_factor, aux_coef = moe.aux_loss_coef, z_coef = moe.z_loss_coef;
     pipeline_degree = moe.pipeline_degree;
@@ -94,7 +108,8 @@ struct MoE {
     if (noise) noise_pre = a.alloc<T>(NE), noise_eps = a.alloc<S>(NE);
     topk_idx = a.alloc<int32_t>(Nk);
     topk_gate = a.alloc<S>(Nk), dgate = a.alloc<S>(Nk);
-    route_counts = a.alloc<int64_t>(E), pmean = a.alloc<Acc>(E), losses = a.alloc<Acc>(2);
+    route_counts = a.alloc<int64_t>(E), pmean = a.alloc<Acc>(E), losses = a.alloc<Acc>(3);
+    if (spec.seq_len > 0) seq_counts = a.alloc<int32_t>(size_t(spec.sequences(N)) * E);
     dx = a.alloc<T>((size_t)N * C);
     // With a capacity factor a backend that reads no counts (a device) exchanges fixed-size slots and
     // admits on the device; chunked pipelining needs those slots on any backend. Otherwise only the
@@ -124,6 +139,7 @@ struct MoE {
   // `rng` draws the gate noise in training (nullptr: no noise, e.g. evaluation).
   void forward_begin(const T* x_, Rng* rng) {
     x = x_;
+    count_loads_ = rng != nullptr && bias_cfg.enabled;  // training forwards steer the bias, evaluation not
     gate.forward(logits, x, N);
     noise_applied = noise && rng;
     if (noise_applied) {  // logits += eps * softplus(x . W_noise)
@@ -133,8 +149,8 @@ struct MoE {
       k->gate_noise_forward(logits, noise_pre, noise_eps, (int64_t)N * E);
     }
     if (force_balanced) draw_balanced_logits();
-    k->router_forward(logits, N, E, kc, renormalize, probs, topk_idx, topk_gate, pmean, route_counts, losses);
-    if (W > 1) k->router_stats_pack(dispatcher.stats_buf, route_counts, pmean, losses, N, E);
+    k->router_forward(logits, N, spec, probs, topk_idx, topk_gate, pmean, route_counts, seq_counts, losses);
+    if (W > 1) k->router_stats_pack(dispatcher.stats_buf, route_counts, pmean, losses, N, spec.sequences(N), E);
     dispatcher.dispatch_begin(x, topk_idx);
   }
   void forward_post() { dispatcher.dispatch_post(); }
@@ -150,7 +166,9 @@ struct MoE {
   void forward_finish(T* y) {
     dispatcher.combine_finish(y, topk_gate);
     // The global counts and losses arrived on the side stream before the combine.
-    if (W > 1) k->router_stats_unpack(route_counts, losses, dispatcher.stats_buf, N_global, kc, E);
+    if (W > 1)
+      k->router_stats_unpack(route_counts, losses, dispatcher.stats_buf, N_global, spec.sequences(int(N_global)), kc, E);
+    if (count_loads_) k->add_counts(load_.get(), route_counts, E);  // the step's global loads
   }
 
   // Backward in the mirrored phases. dy: gradient of the output. loss_scale: d(objective)/d(this
@@ -171,8 +189,9 @@ struct MoE {
     // The kernel normalises by the local N; the losses are means over N_global tokens with global
     // counts, hence the extra N / N_global factor on aux (1 in a single process).
     const double f = double(N) / double(N_global);
-    k->router_backward(dlogits, dgate, logits, probs, topk_idx, route_counts, N, E, kc, renormalize,
-                       aux_coef * loss_scale * f, z_coef * loss_scale);
+    // z and seq are means over tokens / sequences of which this rank holds its share: loss_scale alone.
+    const RouterGradScales sc{aux_coef * loss_scale * f, z_coef * loss_scale, seq_coef * loss_scale};
+    k->router_backward(dlogits, dgate, logits, probs, topk_idx, route_counts, seq_counts, N, spec, sc);
     if (force_balanced) k->zero(dlogits, (size_t)N * E);  // the drawn logits are constants
     gate.backward(dx, dlogits, x, N, true);
     if (noise_applied) {  // d(noise_pre) = dlogits * eps * softplus'(noise_pre), in place
@@ -181,12 +200,35 @@ struct MoE {
     }
   }
 
+  // After the optimizer step: the bias moves towards balance by the step's loads (then zeroed).
+  void update_expert_bias() {
+    if (bias_cfg.enabled) k->expert_bias_update(bias_.get(), load_.get(), E, bias_cfg.update_rate, bias_cfg.center);
+  }
+  // The bias as the host holds it (checkpoints): empty without moe.expert_bias.
+  std::vector<float> expert_bias() const {
+    std::vector<float> b(bias_cfg.enabled ? size_t(E) : 0);
+    if (!b.empty()) k->download(b.data(), bias_.get(), b.size());
+    return b;
+  }
+  void set_expert_bias(const std::vector<float>& b) {
+    SCMOE_CHECK(bias_cfg.enabled && b.size() == size_t(E), "expert bias of " << b.size() << " values for " << E
+                                                                             << " experts (enabled: " << bias_cfg.enabled
+                                                                             << ")");
+    k->upload(bias_.get(), b.data(), b.size());
+  }
+
   // What the last forward observed (host reads: call after the streams are synchronised).
   MoeStats read_stats() {
     MoeStats s;
-    Acc l[2];
-    k->download(l, losses, 2);
-    s.aux = double(l[0]), s.z = double(l[1]);
+    Acc l[3];
+    k->download(l, losses, 3);
+    s.aux = double(l[0]), s.z = double(l[1]), s.seq = double(l[2]);
+    s.routed.assign(E, 0);
+    k->download(s.routed.data(), route_counts, size_t(E));
+    if (bias_cfg.enabled) {
+      const std::vector<float> b = expert_bias();
+      s.bias_min = *std::min_element(b.begin(), b.end()), s.bias_max = *std::max_element(b.begin(), b.end());
+    }
     s.tokens_per_expert.assign(E, 0);
     const std::vector<int64_t> rows = dispatcher.read_expert_rows();
     for (int le = 0; le < El; le++) s.tokens_per_expert[first_expert + le] = rows[le];
@@ -204,7 +246,9 @@ struct MoE {
     for (T& v : host_logits_) v = T(balance_rng.normal());
     k->upload(logits, host_logits_.data(), host_logits_.size());
   }
-  bool noise_applied = false;
+  bool noise_applied = false, count_loads_ = false;
+  typename B::template Array<float> bias_;     // [E] fp32, outside the optimizer
+  typename B::template Array<int64_t> load_;   // [E] this step's global loads before capacity
   std::vector<S> host_eps_;
   std::vector<T> host_logits_;
 };

@@ -4,7 +4,8 @@
 usage: scripts/reshard_checkpoint.py SRC_DIR DST_DIR --world-size N [--allow-optim-mismatch]
 
 A checkpoint directory (train/checkpoint.h) holds
-  model.safetensors                        every replicated (non-expert) parameter
+  model.safetensors                        every replicated (non-expert) parameter, and the MoE layers'
+                                           expert biases (blocks.L.moe.expert_bias; state without moments)
   experts-rankRRRRR-of-WWWWW.safetensors   rank R's routed experts, named with their GLOBAL index
                                            (blocks.L.moe.experts.E.*); rank R holds experts
                                            [R*E/W, (R+1)*E/W)                  (MoE models only)
@@ -53,6 +54,11 @@ ST_DTYPE_OF = {"float64": np.dtype("<f8"), "float32": np.dtype("<f4")}
 
 class ReshardError(Exception):
     pass
+
+
+def is_state(name):
+    """Model state kept beside the parameters with no optimizer moments (the MoE expert biases)."""
+    return name.endswith(".moe.expert_bias")
 
 
 def rank_file(stem, rank, world):
@@ -179,6 +185,8 @@ def load_source(src):
     if arch is None:
         raise ReshardError(f"{os.path.join(src, 'config.yaml')}: no model.arch; not the config of an scmoe checkpoint")
     model, model_md = read_st(os.path.join(src, "model.safetensors"))
+    # The expert biases are replicated state without moments: they travel with model.safetensors (copied).
+    model = {n: a for n, a in model.items() if not is_state(n)}
     bad = [n for n in model if expert_of(n)]
     if bad:
         raise ReshardError(f"{os.path.join(src, 'model.safetensors')} holds expert tensors ({bad[0]}, ...); "

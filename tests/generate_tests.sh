@@ -87,6 +87,35 @@ sharded)
     fail "a missing expert shard went unnoticed"
   grep -q "experts-rank00001-of-00002.safetensors missing" err.txt || fail "unclear error: $(cat err.txt)"
   ;;
+bias)
+  # A model trained with moe.expert_bias routes with its checkpoint's biases (moe.expert_bias need not
+  # be set here: generate says it uses them), with and without offloading; zeroed, the text changes.
+  # (60 steps, so that the continuation depends on more than the unigram counts)
+  "$TRAIN" "${TINY[@]}" --set model.arch=moe --set moe.score=sigmoid --set moe.expert_bias.enabled=true \
+    --set moe.expert_bias.update_rate=0.01 --set optim.lr=3e-3 --set optim.warmup_steps=10 --set train.max_steps=60 \
+    --set checkpoint.every=0 --set train.out_dir=run >run.train.log 2>&1 || { cat run.train.log; fail "training failed"; }
+  common=(--set model.arch=moe --set moe.score=sigmoid --prompt "KING:" --max-new-tokens 200 --seed 3)
+  gen a.txt "${common[@]}" --set train.out_dir=run --resume auto
+  grep -q "routing with the checkpoint's expert biases" a.txt.err || fail "no notice of the biases: $(cat a.txt.err)"
+  gen off.txt "${common[@]}" --set train.out_dir=run --resume auto --set inference.offload_experts=true \
+    --set inference.expert_cache_slots=2
+  cmp a.txt off.txt || fail "offloading changed the output of a model with expert biases"
+  cp -r run/checkpoints/step_00000060 zeroed
+  SRC=$SRC /usr/bin/python3 - zeroed/model.safetensors <<'PY' || fail "could not zero the expert biases"
+import os, sys
+sys.path.insert(0, os.path.join(os.environ["SRC"], "tests", "torch_ref"))
+import st
+t, md = st.read(sys.argv[1])
+names = [n for n in t if n.endswith(".moe.expert_bias")]
+assert len(names) == 2, f"expected 2 MoE layers' biases, found {names}"
+assert all(abs(t[n]).max() > 1e-4 for n in names), "the expert biases never moved"
+for n in names: t[n] = t[n] * 0
+st.write(sys.argv[1], t, md)
+PY
+  gen z.txt "${common[@]}" --set train.out_dir=run --resume zeroed
+  cmp -s a.txt z.txt && fail "the same text with the biases zeroed: generate does not route with them"
+  echo "with biases: $(head -c 40 a.txt | tr '\n' ' ') | zeroed: $(head -c 40 z.txt | tr '\n' ' ')"
+  ;;
 tokenizer)
   train_model run --set model.arch=dense
   gen byte.txt --set train.out_dir=run --resume auto --prompt "ROMEO:" -n 30 --seed 2

@@ -3,7 +3,7 @@
 # (tests/generate_tests.sh holds the cases): determinism, offloading on == off in every migration mode,
 # sharded checkpoints, tokenizers, documented errors; generate_cuda the same on a GPU (label gpu).
 set_tests_properties(test_offload_timing PROPERTIES RUN_SERIAL TRUE)
-foreach(case basic offload_scmoe offload_moe sharded tokenizer errors)
+foreach(case basic offload_scmoe offload_moe sharded bias tokenizer errors)
   add_test(NAME generate_${case}
            COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/generate_tests.sh $<TARGET_FILE:train> ${CMAKE_SOURCE_DIR} ${case})
   set_tests_properties(generate_${case} PROPERTIES LABELS "unit;e2e" TIMEOUT 300 WORKING_DIRECTORY ${CMAKE_CURRENT_BINARY_DIR})

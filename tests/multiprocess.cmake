@@ -5,7 +5,7 @@ if(NOT SCMOE_PYTHON3)
   message(STATUS "python3 not found: multi-process training tests skipped")
   return()
 endif()
-foreach(case equiv_dense equiv_moe equiv_shared_expert equiv_scmoe peer_wait pipeline_2ranks balanced_routing resume_2ranks reshard_4to2 reshard_dense_2to1
+foreach(case equiv_dense equiv_moe equiv_shared_expert equiv_scmoe equiv_balance peer_wait pipeline_2ranks balanced_routing resume_2ranks reshard_4to2 reshard_dense_2to1
              reshard_errors world_mismatch_error config_mismatch hung_rank rank_killed rank_exit1 launcher_sigterm)
   add_test(NAME mp_${case}
            COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/multiprocess_tests.sh $<TARGET_FILE:train> ${CMAKE_SOURCE_DIR} ${case})

@@ -4,7 +4,8 @@
 #   multiprocess_tests.sh TRAIN_BIN SOURCE_DIR CASE
 # Cases:
 #   equiv_<arch>          arch = dense | moe | shared_expert | scmoe: one global batch on 1, 2 and 4 ranks
-#                         gives the same metrics and final weights (float64; tolerance below)
+#                         gives the same metrics and final weights (float64; tolerance below); balance:
+#                         moe with sigmoid scores, expert biases and the sequence-level loss
 #   resume_2ranks         8 steps on 2 ranks == 4 steps + resume + 4: checkpoint files byte-identical
 #   reshard_<F>to<T>      train on F ranks, scripts/reshard_checkpoint.py to T ranks, continue: same losses
 #   reshard_dense_<F>to<T>  the same for a dense model (only the optimizer files change)
@@ -229,9 +230,15 @@ case $CASE in
 equiv_*)
   # The same global batch of 8 sequences on 1, 2 and 4 ranks (train.batch_size is per rank).
   arch=${CASE#equiv_}
+  balance=()
+  if [[ $arch == balance ]]; then  # issue 16: sigmoid scores, expert biases by global loads, sequence loss
+    arch=moe
+    balance=(--set moe.score=sigmoid --set moe.aux_loss_coef=0 --set moe.seq_aux_loss_coef=0.01
+             --set moe.expert_bias.enabled=true --set moe.expert_bias.update_rate=0.002)
+  fi
   common=("${TINY[@]}" --set model.arch="$arch" --set train.dtype=float64 --set train.grad_accum=2
           --set train.max_steps=6 --set train.eval_every=3 --set optim.lr=3e-3 --set optim.warmup_steps=2
-          --set checkpoint.every=0)
+          --set checkpoint.every=0 "${balance[@]}")
   [[ $arch != dense ]] && common+=("${MOE[@]}")
   # capacity_factor 0.5 drops tokens; the capacity must not depend on how the batch is split.
   [[ $arch == moe ]] && common+=(--set moe.capacity_factor=0.5)
@@ -250,6 +257,22 @@ equiv_*)
     echo -n "$w ranks vs 1: " && check weights w1/$ck w$w/$ck --optim || fail "$w-rank optimizer state differs from 1 rank"
   done
   [[ -f w4/$ck/optim-rank00003-of-00004.safetensors ]] || fail "4-rank checkpoint lacks rank 3's optimizer file"
+  if [[ ${#balance[@]} -gt 0 ]]; then
+    # The biases follow the global loads: the same on every world size (compared above with the
+    # weights) and really moved.
+    "$PY" - w1/$ck/model.safetensors <<'PY' || fail "expert biases missing or never updated"
+import os, sys
+sys.path.insert(0, os.path.join(os.environ["SRC"], "tests", "torch_ref"))
+import st
+t, _ = st.read(sys.argv[1])
+b = {n: a for n, a in t.items() if n.endswith(".moe.expert_bias")}
+assert b, "no expert_bias tensor in model.safetensors"
+for n, a in b.items():
+    assert abs(a).max() > 1e-4, f"{n} = {a}: the biases never moved"
+    print(f"{n}: {[round(float(x), 4) for x in a]}")
+PY
+    grep -q '"moe[0-9]*_seq_aux":[0-9]' w1/metrics.jsonl || fail "no moe<l>_seq_aux metric"
+  fi
   echo "equivalence ($arch): 1, 2, 4 ranks agree within 1e-9 relative (float64; only the reduction order differs)"
   ;;
 peer_wait)
@@ -407,7 +430,8 @@ reshard_*)
   common=("${TINY[@]}" --set model.arch="$arch" --set train.dtype=float64 --set train.grad_accum=2
           --set optim.decay_steps=6 --set optim.lr=3e-3 --set optim.warmup_steps=2 --set train.eval_every=2
           --set checkpoint.every=0)
-  [[ $arch != dense ]] && common+=("${MOE[@]}")
+  # ScMoE with expert biases: the re-shard tool carries them (model.safetensors) to the new world size.
+  [[ $arch != dense ]] && common+=("${MOE[@]}" --set moe.expert_bias.enabled=true --set moe.expert_bias.update_rate=0.002)
   bs_from=$(( 8 / from )) bs_to=$(( 8 / to ))
   run_w "$from" a1.log "${common[@]}" --set train.batch_size=$bs_from --set train.max_steps=4 --set train.out_dir="$WORK/a" ||
     { tail -30 a1.log; fail "first 4 steps on $from ranks failed"; }

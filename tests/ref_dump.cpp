@@ -21,6 +21,12 @@ static void dump(const Config& cfg, const std::string& out) {
   for (const auto& s : model.table().specs())
     if (!s.decay)
       for (size_t i = 0; i < s.numel; i++) model.params()[s.offset + i] += T(0.1 * r.normal());
+  // Expert biases (moe.expert_bias) as a run would have learnt them: large enough to change choices.
+  std::vector<std::pair<std::string, std::vector<float>>> biases = model.expert_biases();
+  for (auto& [name, b] : biases) {
+    for (float& v : b) v = float(0.15 * r.normal());
+    model.set_expert_bias(name, b);
+  }
   std::vector<int32_t> inputs(N), targets(N);
   for (int i = 0; i < N; i++) {
     inputs[i] = int32_t(r.next_u64() % cfg.model.vocab_size);
@@ -34,6 +40,7 @@ static void dump(const Config& cfg, const std::string& out) {
     t.push_back({s.name, st_dtype<T>(), s.shape, model.params() + s.offset, s.numel * sizeof(T)});
     t.push_back({"grad." + s.name, st_dtype<T>(), s.shape, model.grads() + s.offset, s.numel * sizeof(T)});
   }
+  for (const auto& [name, b] : biases) t.push_back({name, "F32", {int64_t(b.size())}, b.data(), b.size() * 4});
   t.push_back({"inputs", "I32", {B, Tn}, inputs.data(), inputs.size() * 4});
   t.push_back({"targets", "I32", {B, Tn}, targets.data(), targets.size() * 4});
   t.push_back({"loss", "F64", {1}, &loss, sizeof loss});
@@ -57,7 +64,9 @@ static void dump(const Config& cfg, const std::string& out) {
                {"every", std::to_string(mo.every)}, {"capacity_factor", num(mo.capacity_factor)},
                {"aux_loss_coef", num(mo.aux_loss_coef)}, {"z_loss_coef", num(mo.z_loss_coef)},
                {"renormalize", mo.renormalize ? "1" : "0"}, {"position", std::to_string(cfg.scmoe.position)},
-               {"combine", cfg.scmoe.combine}, {"gate_noise", "0"}});
+               {"combine", cfg.scmoe.combine}, {"gate_noise", "0"}, {"score", mo.score},
+               {"seq_aux_loss_coef", num(mo.seq_aux_loss_coef)},
+               {"expert_bias", mo.expert_bias.enabled ? "1" : "0"}});
   }
   for (const auto& [l, st] : model.moe_stats())
     std::printf("  MoE layer %d: %lld of %lld assignments dropped\n", l, (long long)st.dropped,

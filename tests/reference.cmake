@@ -32,3 +32,13 @@ endforeach()
 scmoe_reference_test(reference_scmoe2_drops_f64 ${SCMOE_REF_MOE} model.arch=scmoe moe.top_k=2 moe.capacity_factor=0.5)
 scmoe_reference_test(reference_scmoe_pos1_every1_rms_f64 ${SCMOE_REF_MOE} model.arch=scmoe scmoe.position=1 moe.every=1 model.norm=rmsnorm)
 scmoe_reference_test(reference_scmoe_f32 train.dtype=float32 model.n_layer=4 moe.num_experts=4 model.arch=scmoe)
+# Load balancing as current practice does it: sigmoid scores, the expert bias (random, as learnt; it
+# changes choices and must leave every gradient that of the gates chosen) and the sequence-level loss.
+scmoe_reference_test(reference_moe_top2_sigmoid_bias_seq_f64 ${SCMOE_REF_MOE} model.arch=moe moe.top_k=2
+                     moe.score=sigmoid moe.expert_bias.enabled=true moe.seq_aux_loss_coef=0.05)
+scmoe_reference_test(reference_moe_top2_bias_drops_f64 ${SCMOE_REF_MOE} model.arch=moe moe.top_k=2
+                     moe.expert_bias.enabled=true moe.capacity_factor=0.5 moe.seq_aux_loss_coef=0.05)
+scmoe_reference_test(reference_scmoe_pos2_sigmoid_bias_seq_f64 ${SCMOE_REF_MOE} model.arch=scmoe
+                     moe.score=sigmoid moe.expert_bias.enabled=true moe.seq_aux_loss_coef=0.05)
+scmoe_reference_test(reference_moe_sigmoid_bias_seq_f32 train.dtype=float32 model.n_layer=4 moe.num_experts=4
+                     model.arch=moe moe.score=sigmoid moe.expert_bias.enabled=true moe.seq_aux_loss_coef=0.05)

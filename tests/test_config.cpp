@@ -26,6 +26,7 @@ namespace {
   X(model.arch) X(model.n_layer) X(model.d_model) X(model.n_head) X(model.d_ff) X(model.seq_len)       \
   X(model.vocab_size) X(model.norm) X(model.init_std) X(moe.num_experts) X(moe.top_k) X(moe.every) X(moe.d_expert)     \
   X(moe.capacity_factor) X(moe.aux_loss_coef) X(moe.z_loss_coef) X(moe.gate_noise) X(moe.renormalize) X(moe.pipeline_degree) X(moe.force_balanced_routing) \
+  X(moe.score) X(moe.seq_aux_loss_coef) X(moe.expert_bias.enabled) X(moe.expert_bias.update_rate) X(moe.expert_bias.center) \
   X(scmoe.position) X(scmoe.combine) X(scmoe.expert_slot) X(optim.lr) X(optim.weight_decay)           \
   X(optim.beta1) X(optim.beta2) X(optim.eps) X(optim.grad_clip) X(optim.warmup_steps)                 \
   X(optim.schedule) X(optim.decay_steps) X(optim.min_lr) X(train.max_steps) X(train.batch_size)       \
@@ -241,6 +242,12 @@ void test_documents_and_depth() {
                     "t.yaml:3:1: a second YAML document (after '---')");
   CHECK(parse("---\nmodel: {d_model: 64}\n").model.d_model == 64);  // a leading marker is one document
   CHECK(parse("model: {d_model: 64}\n---\n").model.d_model == 64);  // a trailing empty one is nothing
+  CHECK(parse("model: {d_model: 64}\n---\n---\n...\n").model.d_model == 64);
+  CHECK_THROWS_WITH(parse("model: {d_model: 64}\n---\n---\ntrain: {seed: 2}\n"), "a second YAML document");
+  // yaml-cpp's LoadAll never returned on these (empty documents until memory ran out; fuzz_config found
+  // the second): a syntax error now, at once.
+  CHECK_THROWS_WITH(parse(",a: b\n"), "t.yaml: YAML syntax error: the parser cannot read this input");
+  CHECK_THROWS_WITH(parse(",$ldologmpariwon: shared experlo\xce_ev"), "cannot read this input");
   CHECK_THROWS_WITH(parse(std::string(100000, '[')),
                     "t.yaml: YAML nested deeper than the parser's limit (2000");
   std::string indented;
@@ -322,7 +329,7 @@ void test_cross_checks() {
 Config unusual_config() {
   Config c;
   c.model = {"scmoe", 6, 96, 3, 200, 64, 50257, "rmsnorm", 0.1 + 0.2};
-  c.moe = {16, 3, 1, 640, -1.5, 1e-300, 5e-324, true, false, 3, true};
+  c.moe = {16, 3, 1, 640, -1.5, 1e-300, 5e-324, true, false, 3, true, "sigmoid", 1e-4, {true, 0.25, false}};
   c.scmoe = {3, "cg2", "4"};
   c.optim = {3e-4, 0.0, 0.0, 0.999999999999, 1.2345678901234567e-9, -2.5, 7, "linear", 123, 1e-7};
   c.train.max_steps = std::numeric_limits<int>::max();
@@ -369,7 +376,7 @@ void test_round_trip() {
   CHECK(config_to_yaml(Config{}).find("  eps: 1.0e-08\n") != std::string::npos);
   int lines = 0;
   for (char ch : config_to_yaml(Config{})) lines += ch == '\n';
-  CHECK(lines == num_fields() + 10);  // plus 9 section headers and comm.simulate_link
+  CHECK(lines == num_fields() + 11);  // plus 9 section headers, comm.simulate_link and moe.expert_bias
 }
 
 void test_docs_up_to_date() {

@@ -25,6 +25,10 @@ static void check_arch(const char* label, std::vector<std::string> sets) {
   for (const auto& s : m.table().specs())  // perturb norms/biases away from 1/0 so they matter
     if (!s.decay)
       for (size_t i = 0; i < s.numel; i++) m.params()[s.offset + i] += 0.2 * r.normal();
+  for (auto& [name, b] : m.expert_biases()) {  // moe.expert_bias: as learnt, changing some choices
+    for (float& v : b) v = float(0.2 * r.normal());
+    m.set_expert_bias(name, b);
+  }
   std::vector<int32_t> in(N), tg(N);
   for (int i = 0; i < N; i++) in[i] = int32_t(r.next_u64() % 11), tg[i] = int32_t(r.next_u64() % 11);
   auto objective = [&] { return m.forward(in.data(), tg.data(), 0.0) + m.aux_loss(); };
@@ -68,6 +72,13 @@ int main() {
   check_arch("moe top-3 no renorm", {"model.arch=moe", "moe.top_k=3", "moe.renormalize=false"});
   check_arch("moe k=E dropless", {"model.arch=moe", "moe.top_k=4", "moe.capacity_factor=0"});
   check_arch("shared_expert", {"model.arch=shared_expert"});
+  // Load balancing: the expert bias steers choices but enters no gradient; sigmoid scores; the
+  // sequence-level balance loss.
+  check_arch("moe top-2 sigmoid, expert bias, seq aux",
+             {"model.arch=moe", "moe.top_k=2", "moe.score=sigmoid", "moe.expert_bias.enabled=true",
+              "moe.seq_aux_loss_coef=0.1"});
+  check_arch("scmoe pos-2 expert bias, seq aux, drops",
+             {"model.arch=scmoe", "moe.expert_bias.enabled=true", "moe.seq_aux_loss_coef=0.1", "moe.capacity_factor=0.5"});
   for (const char* pos : {"1", "2", "3"})
     for (const char* comb : {"add", "cg1", "cg2"})
       check_arch((std::string("scmoe pos-") + pos + " " + comb).c_str(),

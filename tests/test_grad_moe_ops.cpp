@@ -1,4 +1,5 @@
-// MoE ops' backward against central finite differences in float64: router (gates + aux + z losses),
+// MoE ops' backward against central finite differences in float64: router (gates + aux + z losses, sigmoid
+// scores, the expert bias, the sequence-level loss; the bias update),
 // permute, combine (with dropped assignments) and the cg1 / cg2 combine coefficients.
 #include <algorithm>
 #include <cstdint>
@@ -36,31 +37,76 @@ static double aux_fixed(const V& pmean, const I64& counts, int N, int k) {
   return E * s / (double(N) * k);
 }
 
-// L = sum(R .* topk_gate) + a * aux(counts frozen) + b * z, checked w.r.t. the logits.
-static void check_router(const char* what, V logits, const V& R, int N, int E, int k, bool renorm, double a,
-                         double b) {
+// The balance losses' normalised scores q = p / sum_e p (sigmoid scores; softmax scores already are).
+static V normalised(const V& probs, int N, int E, bool sigmoid) {
+  V q = probs;
+  if (!sigmoid) return q;
+  for (int n = 0; n < N; n++) {
+    double s = 0;
+    for (int e = 0; e < E; e++) s += probs[n * E + e];
+    for (int e = 0; e < E; e++) q[n * E + e] = probs[n * E + e] / s;
+  }
+  return q;
+}
+
+// DeepSeek-V3's sequence-level loss with the per-sequence counts frozen: mean over sequences of
+// E/(k T) sum_e count_{s,e} mean_t q[t,e].
+static double seq_fixed(const V& q, const I32& seq_counts, int N, int E, int k, int T) {
+  const int S = N / T;
+  double total = 0;
+  for (int s = 0; s < S; s++)
+    for (int e = 0; e < E; e++) {
+      double m = 0;
+      for (int t = s * T; t < (s + 1) * T; t++) m += q[t * E + e] / T;
+      total += double(E) / (double(k) * T) * seq_counts[s * E + e] * m;
+    }
+  return total / S;
+}
+
+struct RouterCase {
+  int k = 1;
+  bool renorm = true, sigmoid = false;
+  std::vector<float> bias;  // empty: none
+  int seq_len = 0;
+  RouterSpec spec(int E) const {
+    RouterSpec r;
+    r.E = E, r.k = k, r.renormalize = renorm, r.sigmoid = sigmoid, r.seq_len = seq_len;
+    r.bias = bias.empty() ? nullptr : bias.data();
+    return r;
+  }
+};
+
+// L = sum(R .* topk_gate) + a * aux(counts frozen) + b * z + c * seq(counts frozen), checked w.r.t.
+// the logits.
+static void check_router(const char* what, V logits, const V& R, int N, int E, const RouterCase& rc, double a,
+                         double b, double c) {
+  const RouterSpec r = rc.spec(E);
+  const int k = rc.k, S = rc.seq_len > 0 ? N / rc.seq_len : 0;
   V probs((size_t)N * E), gate((size_t)N * k), pmean(E);
-  I32 idx0((size_t)N * k), idx((size_t)N * k);
+  I32 idx0((size_t)N * k), idx((size_t)N * k), sc0((size_t)std::max(S, 1) * E), sc((size_t)std::max(S, 1) * E);
   I64 counts0(E), counts(E);
-  ops::RouterLosses l0 = ops::router_forward(logits.data(), N, E, k, renorm, probs.data(), idx0.data(),
-                                             gate.data(), pmean.data(), counts0.data());
+  ops::RouterLosses l0 = ops::router_forward(logits.data(), N, r, probs.data(), idx0.data(), gate.data(),
+                                             pmean.data(), counts0.data(), sc0.data());
   CHECK_NEAR(l0.aux, aux_fixed(pmean, counts0, N, k), 1e-12);
+  if (S > 0) CHECK_NEAR(l0.seq, seq_fixed(normalised(probs, N, E, rc.sigmoid), sc0, N, E, k, rc.seq_len), 1e-12);
   V probs0 = probs;
   bool selection_moved = false;
   auto loss = [&] {
-    ops::RouterLosses ls = ops::router_forward(logits.data(), N, E, k, renorm, probs.data(), idx.data(),
-                                               gate.data(), pmean.data(), counts.data());
+    ops::RouterLosses ls = ops::router_forward(logits.data(), N, r, probs.data(), idx.data(), gate.data(),
+                                               pmean.data(), counts.data(), sc.data());
     // Compared as sets: within a tie of selected experts the order may flip, which is harmless
     // when the caller's R is order-invariant there (see test_router_ties).
     for (int n = 0; n < N; n++)
       for (int j = 0; j < k; j++)
         if (std::count(idx0.begin() + n * k, idx0.begin() + (n + 1) * k, idx[n * k + j]) != 1)
           selection_moved = true;
-    return dot(R, gate.data()) + a * aux_fixed(pmean, counts0, N, k) + b * ls.z;
+    double l = dot(R, gate.data()) + a * aux_fixed(pmean, counts0, N, k) + b * ls.z;
+    if (S > 0) l += c * seq_fixed(normalised(probs, N, E, rc.sigmoid), sc0, N, E, k, rc.seq_len);
+    return l;
   };
   V dlogits((size_t)N * E, 7.0);  // stale values must be overwritten
-  ops::router_backward(dlogits.data(), R.data(), logits.data(), probs0.data(), idx0.data(), counts0.data(), N,
-                       E, k, renorm, a, b);
+  ops::router_backward(dlogits.data(), R.data(), logits.data(), probs0.data(), idx0.data(), counts0.data(),
+                       sc0.data(), N, r, {a, b, c});
   check_gradient(what, logits, dlogits, loss);
   CHECK(!selection_moved);
 }
@@ -70,8 +116,10 @@ static void test_router_forward_values(int k, bool renorm) {
   V logits = separated_logits(N, E, 100 + k), probs(N * E), gate(N * k), pmean(E);
   I32 idx(N * k);
   I64 counts(E);
-  ops::RouterLosses ls = ops::router_forward(logits.data(), N, E, k, renorm, probs.data(), idx.data(),
-                                             gate.data(), pmean.data(), counts.data());
+  RouterCase rc;
+  rc.k = k, rc.renorm = renorm;
+  ops::RouterLosses ls = ops::router_forward(logits.data(), N, rc.spec(E), probs.data(), idx.data(), gate.data(),
+                                             pmean.data(), counts.data(), nullptr);
   double z = 0;
   int64_t total = 0;
   for (int n = 0; n < N; n++) {
@@ -109,18 +157,117 @@ static void test_router_forward_values(int k, bool renorm) {
   }
   CHECK(total == (int64_t)N * k);
   CHECK_NEAR(ls.z, z / N, 1e-12);
+  CHECK(ls.seq == 0.0);
+}
+
+// Sigmoid scores, the expert bias and the sequence statistics on a hand-made case: 2 sequences of 2
+// tokens, 3 experts, top-2.
+static void test_router_sigmoid_bias_seq_values() {
+  const int N = 4, E = 3;
+  V logits = {0.0, 1.0, -1.0,   // p = .5, .731, .269
+              2.0, 0.0, 0.5,    // p = .881, .5, .622
+              -2.0, -1.0, 1.0,  // p = .119, .269, .731
+              0.3, 0.2, 0.1};   // p = .574, .550, .525
+  RouterCase rc;
+  rc.k = 2, rc.sigmoid = true, rc.seq_len = 2;
+  rc.bias = {0.f, 0.f, 0.4f};  // steers the choice towards expert 2, never the gates
+  V probs(N * E), gate(N * 2), pmean(E);
+  I32 idx(N * 2), sc(2 * E);
+  I64 counts(E);
+  ops::RouterLosses ls = ops::router_forward(logits.data(), N, rc.spec(E), probs.data(), idx.data(), gate.data(),
+                                             pmean.data(), counts.data(), sc.data());
+  auto sig = [](double x) { return 1.0 / (1.0 + std::exp(-x)); };
+  for (int i = 0; i < N * E; i++) CHECK_NEAR(probs[i], sig(logits[i]), 1e-15);
+  // Keys p + bias: row 0 {.5, .731, .669} -> 1, 2; row 1 {.881, .5, 1.022} -> 2, 0; row 2 -> 2, 1;
+  // row 3 {.574, .550, .925} -> 2, 0.
+  CHECK(idx == I32({1, 2, 2, 0, 2, 1, 2, 0}));
+  // Gates: the chosen scores (without the bias) over their sum.
+  CHECK_NEAR(gate[0], sig(1.0) / (sig(1.0) + sig(-1.0)), 1e-15);
+  CHECK_NEAR(gate[2] + gate[3], 1.0, 1e-15);
+  CHECK_NEAR(gate[2], sig(0.5) / (sig(0.5) + sig(2.0)), 1e-15);
+  CHECK(counts == I64({2, 2, 4}));
+  CHECK(sc == I32({1, 1, 2, 1, 1, 2}));
+  const V q = normalised(probs, N, E, true);
+  double aux = 0;
+  for (int e = 0; e < E; e++) {
+    double m = 0;
+    for (int n = 0; n < N; n++) m += q[n * E + e] / N;
+    CHECK_NEAR(pmean[e], m, 1e-15);
+    aux += m * double(counts[e]);
+  }
+  CHECK_NEAR(ls.aux, aux * E / (double(N) * 2), 1e-14);
+  // Sequence 0: counts {1,1,2}; sequence 1: {1,1,2}. seq = mean_s 3/(2*2) sum_e c_se mean_t q.
+  double seq = 0;
+  for (int s = 0; s < 2; s++)
+    for (int e = 0; e < E; e++) seq += 0.75 * sc[s * E + e] * (q[(2 * s) * E + e] + q[(2 * s + 1) * E + e]) / 2;
+  CHECK_NEAR(ls.seq, seq / 2, 1e-14);
 }
 
 static void test_router(int k, bool renorm) {
   int N = 6, E = 5;
   V logits = separated_logits(N, E, 20 + k), R = random_vec(N * k, 30 + k);
-  char name[64];
+  char name[96];
+  RouterCase rc;
+  rc.k = k, rc.renorm = renorm;
   std::snprintf(name, sizeof name, "router dlogits k=%d renorm=%d", k, (int)renorm);
-  check_router(name, logits, R, N, E, k, renorm, 0.7, 0.3);
+  check_router(name, logits, R, N, E, rc, 0.7, 0.3, 0.0);
   std::snprintf(name, sizeof name, "router aux only k=%d renorm=%d", k, (int)renorm);
-  check_router(name, logits, V(N * k, 0.0), N, E, k, renorm, 1.3, 0.0);
+  check_router(name, logits, V(N * k, 0.0), N, E, rc, 1.3, 0.0, 0.0);
   std::snprintf(name, sizeof name, "router z only k=%d renorm=%d", k, (int)renorm);
-  check_router(name, logits, V(N * k, 0.0), N, E, k, renorm, 0.0, 0.9);
+  check_router(name, logits, V(N * k, 0.0), N, E, rc, 0.0, 0.9, 0.0);
+  // Sigmoid scores, an expert bias that changes choices, and the sequence-level loss (3 sequences of 2).
+  for (int sigmoid = 0; sigmoid < 2; sigmoid++) {
+    rc.sigmoid = sigmoid, rc.seq_len = 2, rc.bias = {0.21f, -0.13f, 0.05f, 0.34f, -0.27f};
+    std::snprintf(name, sizeof name, "router sigmoid=%d bias seq k=%d renorm=%d", sigmoid, k, (int)renorm);
+    check_router(name, logits, R, N, E, rc, 0.7, 0.3, 0.5);
+    std::snprintf(name, sizeof name, "router seq only sigmoid=%d k=%d renorm=%d", sigmoid, k, (int)renorm);
+    check_router(name, logits, V(N * k, 0.0), N, E, rc, 0.0, 0.0, 1.1);
+  }
+}
+
+// The bias enters no gradient: with a bias too small to change a choice, dlogits are bit-identical to
+// those without it, and a bias that changes choices gives the gradient of the gates it chose (checked
+// by finite differences above).
+static void test_bias_leaves_gradients() {
+  const int N = 6, E = 5, k = 2;
+  V logits = separated_logits(N, E, 77), R = random_vec(N * k, 78);
+  for (int sigmoid = 0; sigmoid < 2; sigmoid++) {
+    RouterCase plain, biased;
+    plain.k = biased.k = k, plain.sigmoid = biased.sigmoid = sigmoid;
+    biased.bias = {1e-9f, -1e-9f, 2e-9f, 0.f, -3e-9f};
+    V grads[2];
+    for (int i = 0; i < 2; i++) {
+      const RouterCase& rc = i ? biased : plain;
+      V probs(N * E), gate(N * k), pmean(E);
+      I32 idx(N * k);
+      I64 counts(E);
+      ops::router_forward(logits.data(), N, rc.spec(E), probs.data(), idx.data(), gate.data(), pmean.data(),
+                          counts.data(), nullptr);
+      grads[i].assign(N * E, 0.0);
+      ops::router_backward(grads[i].data(), R.data(), logits.data(), probs.data(), idx.data(), counts.data(), nullptr,
+                           N, rc.spec(E), {0.7, 0.3, 0.0});
+    }
+    CHECK(grads[0] == grads[1]);
+  }
+}
+
+// bias_e += rate * sign(mean load - load_e), then re-centred; the loads are zeroed.
+static void test_expert_bias_update() {
+  std::vector<float> bias = {0.f, 0.f, 0.f, 0.f};
+  I64 load = {10, 2, 6, 6};  // mean 6
+  ops::expert_bias_update(bias.data(), load.data(), 4, 1e-3, true);
+  CHECK(bias == std::vector<float>({-1e-3f, 1e-3f, 0.f, 0.f}));  // sum 0: centring changes nothing
+  CHECK(load == I64({0, 0, 0, 0}));
+  bias = {0.5f, 0.f, 0.f, 0.f};
+  load = {1, 3, 3, 1};  // mean 2: experts 0 and 3 up, 1 and 2 down
+  ops::expert_bias_update(bias.data(), load.data(), 4, 0.25, false);
+  CHECK(bias == std::vector<float>({0.75f, -0.25f, -0.25f, 0.25f}));
+  load = {1, 3, 3, 1};
+  ops::expert_bias_update(bias.data(), load.data(), 4, 0.25, true);  // {1, -.5, -.5, .5} - mean .125
+  CHECK(bias == std::vector<float>({0.875f, -0.625f, -0.625f, 0.375f}));
+  I64 acc = {1, 2, 3, 4};
+  ops::add_counts(acc.data(), I64({10, 20, 30, 40}).data(), 4);
+  CHECK(acc == I64({11, 22, 33, 44}));
 }
 
 static void test_router_ties() {
@@ -129,8 +276,10 @@ static void test_router_ties() {
   I32 idx(E);
   I64 counts(E);
   auto top = [&](const V& l, int k) {
-    ops::router_forward(l.data(), 1, E, k, false, probs.data(), idx.data(), gate.data(), pmean.data(),
-                        counts.data());
+    RouterCase rc;
+    rc.k = k, rc.renorm = false;
+    ops::router_forward(l.data(), 1, rc.spec(E), probs.data(), idx.data(), gate.data(), pmean.data(), counts.data(),
+                        nullptr);
     return I32(idx.begin(), idx.begin() + k);
   };
   V row = {1, 3, 3, 0, 3};
@@ -151,12 +300,16 @@ static void test_router_ties() {
          -1,  -1,  1,   -1,  0.2};
   V R = random_vec(N * k, 77);
   R[1] = R[0];
-  for (int renorm = 0; renorm < 2; renorm++)
-    check_router(renorm ? "router dlogits, ties, renorm" : "router dlogits, ties", l, R, N, E, k, renorm, 0.7,
-                 0.3);
+  RouterCase rc;
+  rc.k = k;
+  for (int renorm = 0; renorm < 2; renorm++) {
+    rc.renorm = renorm;
+    check_router(renorm ? "router dlogits, ties, renorm" : "router dlogits, ties", l, R, N, E, rc, 0.7, 0.3, 0.0);
+  }
   V l1 = {0,  0,   2,  0,  0,  //
           -1, 1.7, -1, -1, -1};
-  check_router("router dlogits, ties, k=1", l1, random_vec(2, 78), 2, E, 1, false, 0.7, 0.3);
+  rc.k = 1, rc.renorm = false;
+  check_router("router dlogits, ties, k=1", l1, random_vec(2, 78), 2, E, rc, 0.7, 0.3, 0.0);
 }
 
 // A plan with drops: 7 tokens x 2 choices over 3 experts with room for 3 rows each.
@@ -257,6 +410,9 @@ int main() {
       test_router_forward_values(k, renorm);
       test_router(k, renorm);
     }
+  test_router_sigmoid_bias_seq_values();
+  test_bias_leaves_gradients();
+  test_expert_bias_update();
   test_router_ties();
   test_permute();
   test_combine();

@@ -21,6 +21,13 @@ struct Dispatch {
   int64_t dropped;
 };
 
+// A softmax router of E experts, top-k.
+static RouterSpec spec(int E, int k, bool renormalize) {
+  RouterSpec r;
+  r.E = E, r.k = k, r.renormalize = renormalize;
+  return r;
+}
+
 static Dispatch plan(const I32& idx, int N, int k, int E, int64_t capacity) {
   Dispatch d{I32((size_t)N * k), I64(E), I64(E + 1), 0};
   d.dropped =
@@ -71,8 +78,8 @@ static void test_k_equals_E() {
   V logits = random_vec(N * E, 3), probs(N * E), gate(N * k), pmean(E);
   I32 idx(N * k);
   I64 rc(E);
-  ops::router_forward(logits.data(), N, E, k, true, probs.data(), idx.data(), gate.data(), pmean.data(),
-                      rc.data());
+  ops::router_forward(logits.data(), N, spec(E, k, true), probs.data(), idx.data(), gate.data(), pmean.data(),
+                      rc.data(), nullptr);
   for (int e = 0; e < E; e++) CHECK(rc[e] == N);
   Dispatch d = plan(idx, N, k, E, N);
   CHECK(d.dropped == 0);
@@ -94,8 +101,8 @@ static void test_round_trip() {
   V logits = random_vec(N * E, 4, 2.0), x = random_vec(N * C, 5), probs(N * E), gate(N * k), pmean(E);
   I32 idx(N * k);
   I64 rc(E);
-  ops::router_forward(logits.data(), N, E, k, true, probs.data(), idx.data(), gate.data(), pmean.data(),
-                      rc.data());
+  ops::router_forward(logits.data(), N, spec(E, k, true), probs.data(), idx.data(), gate.data(), pmean.data(),
+                      rc.data(), nullptr);
   Dispatch d = plan(idx, N, k, E, 3);  // 15 rows for 46 assignments: many are dropped
   CHECK(d.dropped > 0);
   CHECK(d.dropped + d.offsets[E] == (int64_t)N * k);
@@ -137,7 +144,8 @@ static void test_errors() {
   V l(6), p(6), g(8), pm(3);
   I32 idx(8);
   CHECK_THROWS_WITH(
-      ops::router_forward(l.data(), 2, 3, 4, false, p.data(), idx.data(), g.data(), pm.data(), counts.data()),
+      ops::router_forward(l.data(), 2, spec(3, 4, false), p.data(), idx.data(), g.data(), pm.data(), counts.data(),
+                          nullptr),
       "1 <= k <= E");
 }
 
@@ -154,8 +162,8 @@ static std::vector<unsigned char> run_chain(int threads) {
   V pmean(E);
   I32 idx(N * k);
   I64 rc(E);
-  ops::RouterLosses ls = ops::router_forward(logits.data(), N, E, k, true, probs.data(), idx.data(),
-                                             gate.data(), pmean.data(), rc.data());
+  ops::RouterLosses ls = ops::router_forward(logits.data(), N, spec(E, k, true), probs.data(), idx.data(),
+                                             gate.data(), pmean.data(), rc.data(), nullptr);
   Dispatch d = plan(idx, N, k, E, 2 * ((N + E - 1) / E));
   int rows = (int)d.offsets[E];
   std::vector<T> xe(rows * C), y(N * C), dye(rows * C), dgate(N * k), dx(N * C);
@@ -163,8 +171,8 @@ static std::vector<unsigned char> run_chain(int threads) {
   ops::combine_forward(y.data(), xe.data(), gate.data(), d.pos.data(), N, k, C);
   ops::combine_backward(dye.data(), dgate.data(), dy.data(), xe.data(), gate.data(), d.pos.data(), N, k, C);
   ops::permute_backward(dx.data(), dye.data(), d.pos.data(), N, k, C, false);
-  ops::router_backward(dlogits.data(), dgate.data(), logits.data(), probs.data(), idx.data(), rc.data(), N, E,
-                       k, true, 0.01, 0.001);
+  ops::router_backward(dlogits.data(), dgate.data(), logits.data(), probs.data(), idx.data(), rc.data(), nullptr, N,
+                       spec(E, k, true), {0.01, 0.001, 0.0});
   std::vector<T> o1(N * C), coef(N), dse(N * C), dz(N), o2(N * C), alpha(N * 2), dse2(N * C), dmoe(N * C),
       dz2(N * 2);
   ops::cg1_forward(o1.data(), coef.data(), zg.data(), se.data(), N, C);

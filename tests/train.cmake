@@ -1,5 +1,5 @@
 # End-to-end tests of the train binary on Tiny Shakespeare (tests/train_tests.sh holds the cases).
-foreach(case learns resume_dense resume_scmoe resume_moe eval_only nan_stops sigterm bad_inputs
+foreach(case learns resume_dense resume_scmoe resume_moe resume_balance eval_only nan_stops sigterm bad_inputs
              overlap_identical_pos1 overlap_identical_pos2 overlap_identical_pos3 overlap_measured pipeline_equiv
              data_changes checkpoint_corrupt out_dir_lock notices_on_resume)
   add_test(NAME train_${case}

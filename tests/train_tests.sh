@@ -42,6 +42,10 @@ resume_*)
   arch=${CASE#resume_}
   extra=(--set model.arch=$arch --set moe.num_experts=4 --set moe.gate_noise=true --set train.grad_accum=2)
   [[ $arch == dense ]] && extra=(--set train.grad_accum=2)
+  # balance: issue 16's balancing (sigmoid scores, expert biases outside the optimizer, sequence loss)
+  [[ $arch == balance ]] && extra=(--set model.arch=moe --set moe.num_experts=4 --set train.grad_accum=2
+    --set moe.score=sigmoid --set moe.aux_loss_coef=0 --set moe.seq_aux_loss_coef=0.01
+    --set moe.expert_bias.enabled=true --set moe.expert_bias.update_rate=0.002)
   common=("${TINY[@]}" "${extra[@]}" --set optim.decay_steps=8 --set optim.warmup_steps=2 --set train.eval_every=4)
   "$TRAIN" "${common[@]}" --set train.max_steps=8 --set checkpoint.every=0 --set train.out_dir=a >a.log 2>&1 ||
     { cat a.log; fail "straight run failed"; }
@@ -70,6 +74,40 @@ a, b = losses(sys.argv[1]), losses(sys.argv[2])
 assert a and a == b, f"{len(a)} vs {len(b)} records; first difference: " + str(next(((k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)), None))
 print(f"{len(a)} loss records identical")
 PY
+  if [[ $arch == balance ]]; then
+    # The biases are in the checkpoint and were restored (the byte comparison above includes them);
+    # eval-only routes with them (its val_loss is training's), and they matter (zeroed, it differs).
+    out=$("$TRAIN" "${common[@]}" --set train.out_dir=b --eval-only --resume b/checkpoints/step_00000008 2>&1)
+    v=$(echo "$out" | tail -1 | cut -d' ' -f2)
+    [[ $v == $(python3 -c "print('%.6f' % $(val_of b))") ]] || fail "eval-only val_loss $v != training's $(val_of b)"
+    mkdir -p z/checkpoints && cp -r b/checkpoints/step_00000008 z/checkpoints/
+    SRC=$SRC "$PY" - z/checkpoints/step_00000008/model.safetensors <<'PY' || fail "could not zero the expert biases"
+import os, sys
+sys.path.insert(0, os.path.join(os.environ["SRC"], "tests", "torch_ref"))
+import st
+t, md = st.read(sys.argv[1])
+names = [n for n in t if n.endswith(".moe.expert_bias")]
+assert names, "no expert_bias tensor in model.safetensors"
+assert all(abs(t[n]).max() > 1e-4 for n in names), "the expert biases never moved"
+for n in names: t[n] = t[n] * 0
+st.write(sys.argv[1], t, md)
+PY
+    out=$("$TRAIN" "${common[@]}" --set train.out_dir=z --eval-only --resume z/checkpoints/step_00000008 2>&1)
+    vz=$(echo "$out" | tail -1 | cut -d' ' -f2)
+    [[ $vz != "$v" ]] || fail "val_loss $v with and without the expert biases: they do not route"
+    echo "eval-only with the checkpoint's biases: $v (training's); biases zeroed: $vz"
+    # The option turned off or on over a checkpoint: each with a notice, never silently.
+    "$TRAIN" "${common[@]}" --set moe.expert_bias.enabled=false --set train.out_dir=b --eval-only \
+      --resume b/checkpoints/step_00000008 >off.log 2>&1 || { cat off.log; fail "eval-only with the biases off failed"; }
+    grep -q "expert_bias is not used (moe.expert_bias.enabled is false)" off.log || fail "no notice of unused biases: $(cat off.log)"
+    "$TRAIN" "${TINY[@]}" --set model.arch=moe --set moe.num_experts=4 --set train.max_steps=1 --set train.out_dir=nb \
+      >nb.log 2>&1 || { cat nb.log; fail "run without biases failed"; }
+    "$TRAIN" "${TINY[@]}" --set model.arch=moe --set moe.num_experts=4 --set moe.expert_bias.enabled=true \
+      --set train.out_dir=nb --eval-only --resume nb/checkpoints/step_00000001 >on.log 2>&1 ||
+      { cat on.log; fail "eval-only with the biases newly on failed"; }
+    grep -q "holds no blocks.1.moe.expert_bias (written without moe.expert_bias): the bias starts at zero" on.log ||
+      fail "no notice of biases starting at zero: $(cat on.log)"
+  fi
   echo "bit-exact resume ($arch): weights, optimizer state and losses identical"
   ;;
 eval_only)

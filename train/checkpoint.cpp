@@ -76,16 +76,37 @@ static std::vector<StTensor> views(const ParamTable& table, const T* base, const
   return out;
 }
 
-template <class T>
-void write_model_file(const std::string& path, const ParamTable& table, const T* params, Subset subset,
-                      const std::map<std::string, std::string>& metadata) {
-  safetensors_write(path, views(table, params, "", subset), metadata);
+bool is_state_tensor(const std::string& name) {
+  const std::string tail = ".moe.expert_bias";
+  return name.size() > tail.size() && name.compare(name.size() - tail.size(), tail.size(), tail) == 0;
 }
 
 template <class T>
-void read_model_file(const std::string& path, const ParamTable& table, T* params, Subset subset) {
+void write_model_file(const std::string& path, const ParamTable& table, const T* params, Subset subset,
+                      const std::map<std::string, std::string>& metadata, const StateTensors& state) {
+  std::vector<StTensor> t = views(table, params, "", subset);
+  for (const auto& [name, v] : state) {
+    SCMOE_CHECK(is_state_tensor(name), "'" << name << "' is not a state tensor of the model");
+    t.push_back({name, "F32", {int64_t(v.size())}, v.data(), v.size() * sizeof(float)});
+  }
+  safetensors_write(path, t, metadata);
+}
+
+template <class T>
+void read_model_file(const std::string& path, const ParamTable& table, T* params, Subset subset,
+                     StateTensors* state) {
   StFile f = safetensors_read(path);
   size_t expected = 0;
+  if (state) state->clear();
+  for (const auto& [name, t] : f.tensors) {
+    if (!is_state_tensor(name)) continue;
+    expected++;  // held beside the parameters; the caller decides what to do with them
+    if (!state) continue;
+    SCMOE_CHECK(t.shape.size() == 1, path << ": state tensor '" << name << "' is not a vector");
+    std::vector<float> v(size_t(t.shape[0]));
+    f.read_into(name, "F32", v.data(), v.size() * sizeof(float));
+    state->push_back({name, std::move(v)});
+  }
   for (const auto& s : table.specs()) {
     if (!in_subset(s, subset)) continue;
     expected++;
@@ -156,8 +177,8 @@ void read_all_experts(const std::string& dir, const ParamTable& table, T* params
 
 #define SCMOE_INSTANTIATE(T)                                                                              \
   template void write_model_file<T>(const std::string&, const ParamTable&, const T*, Subset,              \
-                                    const std::map<std::string, std::string>&);                           \
-  template void read_model_file<T>(const std::string&, const ParamTable&, T*, Subset);                    \
+                                    const std::map<std::string, std::string>&, const StateTensors&);      \
+  template void read_model_file<T>(const std::string&, const ParamTable&, T*, Subset, StateTensors*);     \
   template void read_all_experts<T>(const std::string&, const ParamTable&, T*);                           \
   template void write_optim_file<T>(const std::string&, const ParamTable&, const T*, const T*,           \
                                     const std::map<std::string, std::string>&);                           \

@@ -1,5 +1,6 @@
 // What a checkpoint holds and how the trainer writes/reads it (DESIGN.md section 4):
-//   model.safetensors                  every replicated (non-expert) parameter, written by rank 0
+//   model.safetensors                  every replicated (non-expert) parameter and the MoE layers'
+//                                      expert biases (fp32 state, no optimizer moments), written by rank 0
 //   experts-rankRRRRR-of-WWWWW.safetensors  rank R's routed-expert tensors (MoE models only)
 //   optim-rankRRRRR-of-WWWWW.safetensors    rank R's AdamW moments ("m.<name>", "v.<name>"); its
 //                      __metadata__ holds the training state (step, optimizer t, data position, RNG
@@ -10,6 +11,7 @@
 #pragma once
 #include <cstdint>
 #include <map>
+#include <utility>
 #include <string>
 #include <vector>
 
@@ -30,11 +32,19 @@ struct TrainState {
 // Which tensors a file holds.
 enum class Subset { all, replicated, experts };
 
+// Named fp32 vectors of model state outside the parameter table and the optimizer (the MoE layers'
+// expert biases, "blocks.<l>.moe.expert_bias"), stored in model.safetensors beside the parameters.
+using StateTensors = std::vector<std::pair<std::string, std::vector<float>>>;
+bool is_state_tensor(const std::string& name);
+
 template <class T>
 void write_model_file(const std::string& path, const ParamTable& table, const T* params, Subset subset,
-                      const std::map<std::string, std::string>& metadata = {});
+                      const std::map<std::string, std::string>& metadata = {}, const StateTensors& state = {});
+// Reads the table's tensors of `subset`; the file's state tensors go to `state` (when given; otherwise
+// they are skipped). Any other tensor is an error (a checkpoint of another model).
 template <class T>
-void read_model_file(const std::string& path, const ParamTable& table, T* params, Subset subset);
+void read_model_file(const std::string& path, const ParamTable& table, T* params, Subset subset,
+                     StateTensors* state = nullptr);
 
 // Every routed-expert tensor from a checkpoint directory's experts-rank*-of-W files, whatever W (one
 // process holding all experts, as generation does). Each tensor must be present exactly once.

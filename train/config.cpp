@@ -2,7 +2,8 @@
 // validation, the resolved config as YAML, and the Markdown reference in docs/config.md.
 #include "train/config.h"
 
-#include <yaml-cpp/depthguard.h>  // YAML::DeepRecursion
+#include <yaml-cpp/depthguard.h>    // YAML::DeepRecursion
+#include <yaml-cpp/eventhandler.h>  // YAML::EventHandler (DocumentProbe)
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -85,6 +86,19 @@ const Key kKeys[] = {
     KEY(moe.z_loss_coef, at_least(0), "weight of the router z-loss (0: off)"),
     KEY(moe.gate_noise, any(), "add learned noise to the gate logits in training"),
     KEY(moe.renormalize, any(), "renormalise the top-k probabilities when top_k > 1"),
+    KEY(moe.score, one_of("softmax|sigmoid"),
+        "router scores: softmax over the experts, or sigmoid per expert (gates normalised over the chosen "
+        "top_k when moe.renormalize; the balance losses use the scores normalised over all experts)"),
+    KEY(moe.seq_aux_loss_coef, at_least(0),
+        "weight of DeepSeek-V3's sequence-level balance loss: per sequence, E/(k T) sum_e count_e * "
+        "mean_t score_e, averaged over sequences (0: off)"),
+    KEY(moe.expert_bias.enabled, any(),
+        "auxiliary-loss-free balancing: a per-expert bias (fp32, outside the optimizer, in checkpoints) added "
+        "to the scores for the top-k choice only"),
+    KEY(moe.expert_bias.update_rate, at_least(0),
+        "after each optimizer step bias_e += rate * sign(mean load - load_e), loads over the global batch "
+        "before capacity"),
+    KEY(moe.expert_bias.center, any(), "re-centre the biases to mean zero after each update"),
     KEY(moe.pipeline_degree, at_least(1),
         "split each expert's All-to-All and computation into this many chunks that overlap (capacity_factor "
         "> 0)"),
@@ -556,24 +570,58 @@ std::string position_of(const YAML::Mark& m) {
   return ":" + std::to_string(m.line + 1) + ":" + std::to_string(m.column + 1);
 }
 
+// Records whether a YAML document holds anything (and where it starts). Used to look past the first
+// document without YAML::LoadAll: yaml-cpp 0.7's LoadAll never returns on some malformed input (a
+// leading ',' yields empty documents forever until memory runs out; found by tests/fuzz/fuzz_config).
+class DocumentProbe : public YAML::EventHandler {
+ public:
+  bool content = false;
+  YAML::Mark mark = YAML::Mark::null_mark();
+  void OnDocumentStart(const YAML::Mark&) override {}
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnAlias(const YAML::Mark& m, YAML::anchor_t) override { seen(m); }
+  void OnScalar(const YAML::Mark& m, const std::string&, YAML::anchor_t, const std::string&) override { seen(m); }
+  void OnSequenceStart(const YAML::Mark& m, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {
+    seen(m);
+  }
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark& m, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {
+    seen(m);
+  }
+  void OnMapEnd() override {}
+
+ private:
+  void seen(const YAML::Mark& m) {
+    if (!content) content = true, mark = m;
+  }
+};
+
 void apply_document(const std::string& text, Parse& st, const std::string& origin) {
-  std::vector<YAML::Node> docs;
+  YAML::Node root;
+  DocumentProbe second;  // the first document after the first that holds anything
   try {
-    docs = YAML::LoadAll(text);
+    root = YAML::Load(text);
+    // A second document ('---') would otherwise be dropped without a word. Every document after the
+    // first takes at least a 3-character marker, so more than that many means yaml-cpp is not advancing.
+    std::istringstream in(text);
+    YAML::Parser parser(in);
+    const size_t most = text.size() / 3 + 1;
+    size_t n = 0;
+    for (DocumentProbe doc; n <= most && parser.HandleNextDocument(doc); doc = DocumentProbe(), n++)
+      if (n > 0 && doc.content && !second.content) second = doc;
+    if (n > most)
+      throw Error(origin + ": YAML syntax error: the parser cannot read this input (it makes no progress; a " +
+                  "stray ',' at the top level?)");
   } catch (const YAML::DeepRecursion&) {  // yaml-cpp says only "bad file" at line 1
     throw Error(origin + ": YAML nested deeper than the parser's limit (" + std::to_string(kYamlDepthLimit) +
                 " levels); a configuration is three levels deep at most: is this the right file?");
   } catch (const YAML::Exception& e) {
     throw Error(origin + position_of(e.mark) + ": YAML syntax error: " + e.msg);
   }
-  // A second document ('---') would otherwise be dropped without a word.
-  for (size_t i = 1; i < docs.size(); i++)
-    if (!docs[i].IsNull())
-      throw Error(origin + position_of(docs[i].Mark()) +
-                  ": a second YAML document (after '---'); a configuration is " +
-                  "one document: merge the two, or give the second's keys with --set");
-  if (docs.empty()) return;
-  const YAML::Node& root = docs[0];
+  if (second.content)
+    throw Error(origin + position_of(second.mark) + ": a second YAML document (after '---'); a configuration is " +
+                "one document: merge the two, or give the second's keys with --set");
   if (root.IsNull()) return;  // empty file: defaults
   if (!root.IsMap())
     fail(origin, "",

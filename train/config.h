@@ -20,6 +20,15 @@ struct ModelConfig {
   double init_std = 0.02;
 };
 
+// Auxiliary-loss-free balancing (DeepSeek-V3; Megatron-Core moe_router_enable_expert_bias): a per-expert
+// bias added to the routing scores for the top-k choice only, updated after every optimizer step by
+// bias_e += update_rate * sign(mean_load - load_e) over the global batch's loads before capacity.
+struct ExpertBiasConfig {
+  bool enabled = false;
+  double update_rate = 1e-3;
+  bool center = true;  // re-centre the biases to mean zero after each update
+};
+
 struct MoeConfig {
   int num_experts = 8;
   int top_k = 2;               // routed experts per token (moe: 2, scmoe/shared_expert use 1 unless set)
@@ -32,6 +41,9 @@ struct MoeConfig {
   bool renormalize = true;     // renormalise the top-k probabilities when k > 1
   int pipeline_degree = 1;     // chunks of the All-to-All + expert pipeline (Tutel-style); needs capacity_factor > 0
   bool force_balanced_routing = false;  // benchmarks only: random router logits (see config.cpp)
+  std::string score = "softmax";  // softmax | sigmoid (scores normalised over the chosen k, DeepSeek-V3)
+  double seq_aux_loss_coef = 0.0;  // DeepSeek-V3's sequence-level balance loss (0: off)
+  ExpertBiasConfig expert_bias;
 };
 
 struct ScmoeConfig {

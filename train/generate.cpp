@@ -178,8 +178,16 @@ int generate(const Config& cfg, const GenerateOptions& opt) {
                                 << cfg.model.vocab_size);
   const Architecture arch = describe_architecture(cfg);
   std::vector<G> params(arch.table.total());
-  read_model_file<G>((fs::path(dir) / "model.safetensors").string(), arch.table, params.data(), Subset::replicated);
+  StateTensors biases;
+  read_model_file<G>((fs::path(dir) / "model.safetensors").string(), arch.table, params.data(), Subset::replicated,
+                     &biases);
   if (arch.has_moe()) read_all_experts<G>(dir, arch.table, params.data());
+  // A model trained with expert biases routes with them, whatever this configuration says.
+  Config gcfg = cfg;
+  if (!biases.empty() && !cfg.moe.expert_bias.enabled) {
+    gcfg.moe.expert_bias.enabled = true;
+    std::fprintf(stderr, "generate: routing with the checkpoint's expert biases (moe.expert_bias)\n");
+  }
   if (cfg.inference.offload_experts && !arch.has_moe())
     std::fprintf(stderr,
                  "inference.offload_experts: model.arch dense has no routed experts; nothing to offload\n");
@@ -187,7 +195,8 @@ int generate(const Config& cfg, const GenerateOptions& opt) {
       (cfg.inference.host_link_gb_s > 0 || cfg.inference.host_link_latency_us > 0))
     std::fprintf(stderr, "inference.host_link_gb_s / host_link_latency_us simulate the link on the cpu "
                          "backend; on cuda the experts cross the real host-to-device link\n");
-  Generator<B> gen(cfg, params.data());
+  Generator<B> gen(gcfg, params.data());
+  for (const auto& [name, b] : biases) gen.model().set_expert_bias(name, b);
   if (B::kHostMemory)
     std::fprintf(stderr, "generate: %s | %s, %.2f M parameters | %s | %s | OpenMP threads: %d\n", dir.c_str(),
                  cfg.model.arch.c_str(), arch.table.count() / 1e6, tok_notice.c_str(), cfg.train.dtype.c_str(),

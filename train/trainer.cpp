@@ -3,12 +3,14 @@
 
 #include <omp.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <csignal>
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <set>
 
 #include "comm/communicator.h"
 #ifdef SCMOE_HAVE_NCCL
@@ -72,6 +74,7 @@ class Trainer {
   std::string use_shm_transport(bool on_device);
   void resume_from(const std::string& dir);
   void notice_resume_changes(const std::map<std::string, std::string>& md);
+  void restore_expert_biases(const StateTensors& state, const std::string& dir);
   void lock_out_dir();
   double evaluate();
   void save_checkpoint();
@@ -204,7 +207,9 @@ void Trainer<B>::resume_from(const std::string& dir) {
   }
   const ParamTable& table = model_->table();
   std::vector<G> params(table.total()), m(table.total()), v(table.total());
-  read_model_file<G>((fs::path(dir) / "model.safetensors").string(), table, params.data(), Subset::replicated);
+  StateTensors state;
+  read_model_file<G>((fs::path(dir) / "model.safetensors").string(), table, params.data(), Subset::replicated,
+                     &state);
   if (model_->arch().has_moe())
     read_model_file<G>((fs::path(dir) / experts_file_name(rank_, world_)).string(), table, params.data(),
                        Subset::experts);
@@ -215,12 +220,35 @@ void Trainer<B>::resume_from(const std::string& dir) {
                          << (dt == md.end() ? "?" : dt->second) << ", this run uses " << cfg_.train.dtype);
   state_ = TrainState::from_metadata(md, optim_path);
   model_->set_params(params.data());
+  restore_expert_biases(state, dir);
   optim_->set_moments(m.data(), v.data());
   optim_->set_t(state_.adam_t);
   rng_.state = state_.rng_state;
   if (train_data_) train_data_->set_state({state_.data_epoch, state_.data_cursor});
   log_info("resumed from %s at step %lld", dir.c_str(), (long long)state_.step);
   if (!opt_.eval_only) notice_resume_changes(md);
+}
+
+// The checkpoint's expert biases into the model; a bias the checkpoint lacks (the option newly turned
+// on) starts at zero, one the model does not use (turned off) is dropped, each with a notice.
+template <class B>
+void Trainer<B>::restore_expert_biases(const StateTensors& state, const std::string& dir) {
+  std::set<std::string> used;
+  for (const auto& [name, zeros] : model_->expert_biases()) {
+    auto it = std::find_if(state.begin(), state.end(), [&](const auto& t) { return t.first == name; });
+    if (it == state.end()) {
+      log_info("notice: %s holds no %s (written without moe.expert_bias): the bias starts at zero", dir.c_str(),
+               name.c_str());
+      continue;
+    }
+    SCMOE_CHECK(it->second.size() == zeros.size(), dir << ": " << name << " holds " << it->second.size()
+                                                       << " values, the model has " << zeros.size() << " experts");
+    model_->set_expert_bias(name, it->second);
+    used.insert(name);
+  }
+  for (const auto& [name, v] : state)
+    if (!used.count(name))
+      log_info("notice: %s's %s is not used (moe.expert_bias.enabled is false)", dir.c_str(), name.c_str());
 }
 
 // What a resume changes that the user may not have meant: a different batch (the data position and the
@@ -284,6 +312,7 @@ void Trainer<B>::save_checkpoint() {
   LoaderState ls = train_data_->state();
   state_.data_epoch = ls.epoch;
   state_.data_cursor = ls.cursor;
+  const StateTensors biases = model_->expert_biases();  // replicated: every rank holds the same
   auto md = state_.to_metadata(cfg_.train.dtype);
   md["world_size"] = std::to_string(world_);
   md["rank"] = std::to_string(rank_);
@@ -296,7 +325,8 @@ void Trainer<B>::save_checkpoint() {
   // ranks report success, so a rank dying mid-write leaves no directory that looks complete.
   auto write_mine = [&](const std::string& tmp) {
     if (rank_ == 0) {
-      write_model_file<G>((fs::path(tmp) / "model.safetensors").string(), table, params.data(), Subset::replicated);
+      write_model_file<G>((fs::path(tmp) / "model.safetensors").string(), table, params.data(), Subset::replicated,
+                          {}, biases);
       write_text_file((fs::path(tmp) / "config.yaml").string(), config_to_yaml(cfg_));
     }
     if (model_->arch().has_moe())
@@ -349,6 +379,7 @@ bool Trainer<B>::train_step() {
   if (!std::isfinite(last_loss_)) return false;
   last_lr_ = lr_at(cfg_.optim, cfg_.train.max_steps, state_.step);
   last_norm_ = optim_->step(last_lr_, model_comm_);
+  model_->update_expert_biases();  // moe.expert_bias: by this step's global loads, outside the optimizer
   state_.step++;
   state_.tokens_seen += int64_t(Bn) * cfg_.model.seq_len * world_ * grad_accum_;
   return true;

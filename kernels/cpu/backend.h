@@ -215,25 +215,33 @@ class Cpu {
   }
 
   // ---- router ----------------------------------------------------------------------------------------
-  // losses[2] = {aux, z} of this rank's tokens; pmean[E], counts[E] (assignments before capacity).
-  void router_forward(const T* logits, int N, int E, int k, bool renormalize, S* probs, int32_t* idx, S* gate,
-                      Acc* pmean, int64_t* counts, Acc* losses) {
-    const cpu::RouterLosses L = cpu::router_forward(logits, N, E, k, renormalize, probs, idx, gate, pmean, counts);
-    losses[0] = L.aux, losses[1] = L.z;
+  // losses[3] = {aux, z, seq aux} of this rank's tokens; pmean[E], counts[E] (assignments before
+  // capacity), seq_counts[N/seq_len, E] when r.seq_len > 0 (see RouterSpec).
+  void router_forward(const T* logits, int N, const RouterSpec& r, S* probs, int32_t* idx, S* gate, Acc* pmean,
+                      int64_t* counts, int32_t* seq_counts, Acc* losses) {
+    const cpu::RouterLosses L = cpu::router_forward(logits, N, r, probs, idx, gate, pmean, counts, seq_counts);
+    losses[0] = L.aux, losses[1] = L.z, losses[2] = L.seq;
   }
   void router_backward(T* dlogits, const S* dgate, const T* logits, const S* probs, const int32_t* idx,
-                       const int64_t* counts, int N, int E, int k, bool renormalize, double aux_scale, double z_scale) {
-    cpu::router_backward(dlogits, dgate, logits, probs, idx, counts, N, E, k, renormalize, aux_scale, z_scale);
+                       const int64_t* counts, const int32_t* seq_counts, int N, const RouterSpec& r,
+                       const RouterGradScales& sc) {
+    cpu::router_backward(dlogits, dgate, logits, probs, idx, counts, seq_counts, N, r, sc);
   }
+  void expert_bias_update(float* bias, int64_t* load, int E, double rate, bool center) {
+    cpu::expert_bias_update(bias, load, E, rate, center);
+  }
+  void add_counts(int64_t* load, const int64_t* counts, int E) { cpu::add_counts(load, counts, E); }
   void gate_noise_forward(T* logits, const T* pre, const S* eps, int64_t n) { cpu::gate_noise_forward(logits, pre, eps, n); }
   void gate_noise_backward(T* dlogits, const T* pre, const S* eps, int64_t n) {
     cpu::gate_noise_backward(dlogits, pre, eps, n);
   }
-  void router_stats_pack(double* buf, const int64_t* counts, const Acc* pmean, const Acc* losses, int N, int E) {
-    cpu::router_stats_pack(buf, counts, pmean, losses, N, E);
+  void router_stats_pack(double* buf, const int64_t* counts, const Acc* pmean, const Acc* losses, int N, int64_t S,
+                         int E) {
+    cpu::router_stats_pack(buf, counts, pmean, losses, N, S, E);
   }
-  void router_stats_unpack(int64_t* counts, Acc* losses, const double* buf, int64_t N_global, int k, int E) {
-    cpu::router_stats_unpack(counts, losses, buf, N_global, k, E);
+  void router_stats_unpack(int64_t* counts, Acc* losses, const double* buf, int64_t N_global, int64_t S_global, int k,
+                           int E) {
+    cpu::router_stats_unpack(counts, losses, buf, N_global, S_global, k, E);
   }
 
   // ---- dispatch --------------------------------------------------------------------------------------

@@ -239,24 +239,30 @@ class Cuda {
   }
 
   // ---- router ----------------------------------------------------------------------------------------
-  void router_forward(const T* logits, int N, int E, int k, bool renormalize, S* probs, int32_t* idx, S* gate,
-                      Acc* pmean, int64_t* counts, Acc* losses) {
-    cuda::router_forward(logits, N, E, k, renormalize, probs, idx, gate, pmean, counts, losses, workspace_.get(), s_);
+  void router_forward(const T* logits, int N, const RouterSpec& r, S* probs, int32_t* idx, S* gate, Acc* pmean,
+                      int64_t* counts, int32_t* seq_counts, Acc* losses) {
+    cuda::router_forward(logits, N, r, probs, idx, gate, pmean, counts, seq_counts, losses, workspace_.get(), s_);
   }
   void router_backward(T* dlogits, const S* dgate, const T* logits, const S* probs, const int32_t* idx,
-                       const int64_t* counts, int N, int E, int k, bool renormalize, double aux_scale, double z_scale) {
-    cuda::router_backward(dlogits, dgate, logits, probs, idx, counts, N, E, k, renormalize, float(aux_scale),
-                          float(z_scale), s_);
+                       const int64_t* counts, const int32_t* seq_counts, int N, const RouterSpec& r,
+                       const RouterGradScales& sc) {
+    cuda::router_backward(dlogits, dgate, logits, probs, idx, counts, seq_counts, N, r, sc, s_);
   }
+  void expert_bias_update(float* bias, int64_t* load, int E, double rate, bool center) {
+    cuda::expert_bias_update(bias, load, E, rate, center, s_);
+  }
+  void add_counts(int64_t* load, const int64_t* counts, int E) { cuda::add_counts(load, counts, E, s_); }
   void gate_noise_forward(T* logits, const T* pre, const S* eps, int64_t n) { cuda::gate_noise_forward(logits, pre, eps, n, s_); }
   void gate_noise_backward(T* dlogits, const T* pre, const S* eps, int64_t n) {
     cuda::gate_noise_backward(dlogits, pre, eps, n, s_);
   }
-  void router_stats_pack(double* buf, const int64_t* counts, const Acc* pmean, const Acc* losses, int N, int E) {
-    cuda::router_stats_pack(buf, counts, pmean, losses, N, E, s_);
+  void router_stats_pack(double* buf, const int64_t* counts, const Acc* pmean, const Acc* losses, int N, int64_t S,
+                         int E) {
+    cuda::router_stats_pack(buf, counts, pmean, losses, N, S, E, s_);
   }
-  void router_stats_unpack(int64_t* counts, Acc* losses, const double* buf, int64_t N_global, int k, int E) {
-    cuda::router_stats_unpack(counts, losses, buf, N_global, k, E, s_);
+  void router_stats_unpack(int64_t* counts, Acc* losses, const double* buf, int64_t N_global, int64_t S_global, int k,
+                           int E) {
+    cuda::router_stats_unpack(counts, losses, buf, N_global, S_global, k, E, s_);
   }
 
   // ---- dispatch --------------------------------------------------------------------------------------

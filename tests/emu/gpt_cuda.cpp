@@ -70,6 +70,9 @@ void check_moe_stats(const Case& c, GPT<GpuF>& gpu, GPT<Cpu<float>>& cpu) {
     CHECK(g.dropped == w.dropped && g.assignments == w.assignments);
     CHECK_NEAR(g.aux, w.aux, 1e-5 * std::fabs(w.aux) + 1e-7);
     CHECK_NEAR(g.z, w.z, 1e-5 * std::fabs(w.z) + 1e-7);
+    CHECK_NEAR(g.seq, w.seq, 1e-5 * std::fabs(w.seq) + 1e-7);
+    CHECK(g.routed == w.routed);
+    CHECK(g.bias_min == w.bias_min && g.bias_max == w.bias_max);
     dropped += w.dropped;
   }
   CHECK(!c.drops || dropped > 0);
@@ -100,6 +103,10 @@ void check(const Case& c) {
   GPT<Gpu16> gpu16(cfg, B);
   gpu.set_params(init.data());
   gpu16.set_params(init.data());
+  for (auto& [name, b] : cpu.expert_biases()) {  // moe.expert_bias: as learnt, the same on every backend
+    for (float& v : b) v = float(0.05 * r.normal());
+    cpu.set_expert_bias(name, b), gpu.set_expert_bias(name, b), gpu16.set_expert_bias(name, b);
+  }
   std::printf("%s: %zu parameters, device activations %zu KiB (fp32), %zu KiB (bf16) [%s]\n", c.label, P,
               gpu.activation_bytes() / 1024, gpu16.activation_bytes() / 1024, kt::mode());
 
@@ -153,6 +160,13 @@ void check(const Case& c) {
     const double norm = opt.step(cfg.optim.lr, nullptr);
     const double gnorm = opt_gpu.step(cfg.optim.lr, nullptr);
     opt_16.step(cfg.optim.lr, nullptr);
+    cpu.update_expert_biases(), gpu.update_expert_biases(), gpu16.update_expert_biases();
+    if (step == 1)  // the same loads (the choices agree on the same weights): the same biases, bit for bit
+      for (const auto& [name, b] : cpu.expert_biases()) {
+        const auto gb = gpu.expert_biases();
+        auto it = std::find_if(gb.begin(), gb.end(), [&](const auto& x) { return x.first == name; });
+        CHECK(it != gb.end() && it->second == b);
+      }
     CHECK_NEAR(gnorm, norm, (step == 1 ? 1e-4 : 1e-2) * norm);
     if (step == 1) check_params(c.label, gpu, cpu, cfg.optim.lr);
   }
@@ -211,6 +225,16 @@ int main() {
   check({"ScMoE-2 (top-2 + shared expert), pos 2 cg1, no renormalisation",
          with({"model.arch=scmoe", "model.n_layer=4", "moe.every=2", "moe.top_k=2", "moe.renormalize=false",
                "scmoe.position=2", "scmoe.combine=cg1", "moe.capacity_factor=0"}),
+         0});
+  // Load balancing: sigmoid scores, the expert bias (steering choices, updated after each step) and the
+  // sequence-level loss, with drops on the device's fixed slots and in dropless exchanges.
+  check({"moe top-2 sigmoid, expert bias, seq aux, capacity 1.0 (drops)",
+         with({"model.arch=moe", "model.n_layer=4", "moe.every=2", "moe.capacity_factor=1.0", "moe.score=sigmoid",
+               "moe.expert_bias.enabled=true", "moe.seq_aux_loss_coef=0.1"}),
+         0, true});
+  check({"scmoe pos 2 cg1, expert bias, seq aux",
+         with({"model.arch=scmoe", "model.n_layer=4", "moe.every=2", "scmoe.position=2", "scmoe.combine=cg1",
+               "moe.capacity_factor=0", "moe.expert_bias.enabled=true", "moe.seq_aux_loss_coef=0.1"}),
          0});
   // Checkpoint state round trip through the device buffers.
   {

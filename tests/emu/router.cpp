@@ -1,6 +1,7 @@
-// Router kernels vs the CPU reference (kernels/cpu/router.h, run in double): softmax probabilities,
-// top-k indices (exactly equal on inputs without near-ties, and on exact ties: lower expert first),
-// renormalised gates, counts, pmean, aux and z losses, and dlogits; fp32 and bf16 logits.
+// Router kernels vs the CPU reference (kernels/cpu/router.h, run in double): softmax and sigmoid scores,
+// top-k indices on score + expert bias (exactly equal on inputs without near-ties, and on exact ties:
+// lower expert first), renormalised gates, counts, pmean, the aux, z and sequence-level losses with
+// their per-sequence counts, and dlogits; fp32 and bf16 logits; the expert bias update.
 #include "kernels/cpu/router.h"
 
 #include <cstdio>
@@ -13,6 +14,8 @@ namespace {
 using I32 = std::vector<int32_t>;
 using I64 = std::vector<int64_t>;
 using D = std::vector<double>;
+using scmoe::RouterGradScales;
+using scmoe::RouterSpec;
 
 // Rows whose logits are E distinct levels, shuffled: neighbours differ by >= 3/E in the logit (>= 1%
 // in probability for E <= 256), far above fp32 rounding, so the device's top-k must equal the CPU's.
@@ -29,88 +32,130 @@ std::vector<float> distinct_logits(int N, int E, uint64_t seed) {
   return l;
 }
 
+// What a case routes with; the bias lives on the host here and is uploaded for the device.
+struct Case {
+  int E = 1, k = 1;
+  bool renorm = false, sigmoid = false;
+  std::vector<float> bias;  // empty: none
+  int seq_len = 0;
+  RouterSpec spec(const float* bias_mem) const {
+    RouterSpec r;
+    r.E = E, r.k = k, r.renormalize = renorm, r.sigmoid = sigmoid, r.seq_len = seq_len;
+    r.bias = bias.empty() ? nullptr : bias_mem;
+    return r;
+  }
+  int sequences(int N) const { return seq_len > 0 ? N / seq_len : 0; }
+};
+
 struct Ref {
   D probs, gate, pmean;
-  I32 idx;
+  I32 idx, seq_counts;
   I64 counts;
   scmoe::cpu::RouterLosses losses;
 };
-Ref cpu_forward(const std::vector<float>& logits, int N, int E, int k, bool renorm) {
-  Ref r{D((size_t)N * E), D((size_t)N * k), D(E), I32((size_t)N * k), I64(E), {}};
+Ref cpu_forward(const std::vector<float>& logits, int N, const Case& c) {
+  Ref r{D((size_t)N * c.E), D((size_t)N * c.k), D(c.E), I32((size_t)N * c.k),
+        I32((size_t)std::max(c.sequences(N), 1) * c.E), I64(c.E), {}};
   D l(logits.begin(), logits.end());
-  r.losses = scmoe::cpu::router_forward(l.data(), N, E, k, renorm, r.probs.data(), r.idx.data(),
-                                        r.gate.data(), r.pmean.data(), r.counts.data());
+  r.losses = scmoe::cpu::router_forward(l.data(), N, c.spec(c.bias.data()), r.probs.data(), r.idx.data(),
+                                        r.gate.data(), r.pmean.data(), r.counts.data(), r.seq_counts.data());
+  r.seq_counts.resize((size_t)c.sequences(N) * c.E);
   return r;
 }
 
 struct Dev {
   std::vector<float> probs, gate, pmean, losses, dlogits;
-  I32 idx;
+  I32 idx, seq_counts;
   I64 counts;
 };
-// Device forward then backward (dgate, aux_scale, z_scale); T is the logits' storage type.
+// Device forward then backward (dgate, scales); T is the logits' storage type.
 template <class T>
-Dev device_run(const std::vector<T>& logits, int N, int E, int k, bool renorm,
-               const std::vector<float>& dgate, float aux_scale, float z_scale) {
+Dev device_run(const std::vector<T>& logits, int N, const Case& c, const std::vector<float>& dgate,
+               const RouterGradScales& sc) {
+  const int E = c.E, k = c.k, S = c.sequences(N);
   kt::Buf<T> dl(logits), ddl((size_t)N * E);
-  kt::Buf<float> probs((size_t)N * E), gate((size_t)N * k), pmean(E), losses(2), ddg(dgate);
+  kt::Buf<float> probs((size_t)N * E), gate((size_t)N * k), pmean(E), losses(3), ddg(dgate);
+  kt::Buf<float> bias(c.bias.empty() ? std::vector<float>(1) : c.bias);
   kt::Buf<float> ws((scmoe::cuda::router_forward_workspace_bytes(N, E) + 3) / 4);
-  kt::Buf<int32_t> idx((size_t)N * k);
+  kt::Buf<int32_t> idx((size_t)N * k), seq_counts((size_t)std::max(S, 1) * E);
   kt::Buf<int64_t> counts(E);
-  scmoe::cuda::router_forward(dl.get(), N, E, k, renorm, probs.get(), idx.get(), gate.get(), pmean.get(),
-                              counts.get(), losses.get(), ws.get(), nullptr);
-  scmoe::cuda::router_backward(ddl.get(), ddg.get(), dl.get(), probs.get(), idx.get(), counts.get(), N, E, k,
-                               renorm, aux_scale, z_scale, nullptr);
+  const RouterSpec r = c.spec(bias.get());
+  scmoe::cuda::router_forward(dl.get(), N, r, probs.get(), idx.get(), gate.get(), pmean.get(), counts.get(),
+                              seq_counts.get(), losses.get(), ws.get(), nullptr);
+  scmoe::cuda::router_backward(ddl.get(), ddg.get(), dl.get(), probs.get(), idx.get(), counts.get(),
+                               seq_counts.get(), N, r, sc, nullptr);
   kt::sync();
-  return {
-      probs.download(), gate.download(),  pmean.download(), losses.download(), kt::to_floats(ddl.download()),
-      idx.download(),   counts.download()};
+  I32 sq = seq_counts.download();
+  sq.resize((size_t)S * E);
+  return {probs.download(), gate.download(), pmean.download(), losses.download(), kt::to_floats(ddl.download()),
+          idx.download(), sq, counts.download()};
 }
 
 // The CPU backward on the device's own forward outputs, so that it checks the backward alone.
-D cpu_backward(const std::vector<float>& logits, const Dev& d, const std::vector<float>& dgate, int N, int E,
-               int k, bool renorm, double aux_scale, double z_scale) {
-  D out((size_t)N * E), l(logits.begin(), logits.end()), p(d.probs.begin(), d.probs.end()),
+D cpu_backward(const std::vector<float>& logits, const Dev& d, const std::vector<float>& dgate, int N, const Case& c,
+               const RouterGradScales& sc) {
+  D out((size_t)N * c.E), l(logits.begin(), logits.end()), p(d.probs.begin(), d.probs.end()),
       dg(dgate.begin(), dgate.end());
-  scmoe::cpu::router_backward(out.data(), dg.data(), l.data(), p.data(), d.idx.data(), d.counts.data(), N, E,
-                              k, renorm, aux_scale, z_scale);
+  scmoe::cpu::router_backward(out.data(), dg.data(), l.data(), p.data(), d.idx.data(), d.counts.data(),
+                              d.seq_counts.data(), N, c.spec(c.bias.data()), sc);
   return out;
 }
 
-// Forward values and indices of `got` against the reference. fp32 softmax from identical inputs: a
-// few ulps of relative error on probabilities and gates, ~N ulps on the pmean / loss sums.
+// Forward values and indices of `got` against the reference. fp32 scores from identical inputs: a
+// few ulps of relative error on scores and gates, ~N ulps on the pmean / loss sums.
 void compare_forward(const std::string& tag, const Dev& got, const Ref& ref, int N) {
   kt::expect_close(tag + " probs", got.probs, ref.probs, 1e-5, 1e-9);
   kt::expect_equal(tag + " topk_idx", got.idx, ref.idx);
   kt::expect_close(tag + " topk_gate", got.gate, ref.gate, 1e-5, 1e-9);
   kt::expect_equal(tag + " counts", got.counts, ref.counts);
+  kt::expect_equal(tag + " seq_counts", got.seq_counts, ref.seq_counts);
   kt::expect_close(tag + " pmean", got.pmean, ref.pmean, 1e-5, 1e-8);
-  kt::expect_close(tag + " losses", got.losses, D{ref.losses.aux, ref.losses.z}, 1e-5 + 1e-7 * N, 1e-7);
+  kt::expect_close(tag + " losses", got.losses, D{ref.losses.aux, ref.losses.z, ref.losses.seq}, 1e-5 + 1e-7 * N,
+                   1e-7);
+}
+
+void test_case(int N, const Case& c, const RouterGradScales& sc) {
+  const int E = c.E, k = c.k;
+  const std::string tag = "N=" + std::to_string(N) + " E=" + std::to_string(E) + " k=" + std::to_string(k) +
+                          (c.renorm ? " renorm" : "") + (c.sigmoid ? " sigmoid" : "") +
+                          (c.bias.empty() ? "" : " bias") + (c.seq_len ? " seq" + std::to_string(c.seq_len) : "");
+  const std::vector<float> logits = distinct_logits(N, E, 1000 + N * 31 + E * 7 + k);
+  const std::vector<float> dgate = kt::random_vec((size_t)N * k, 77 + N + E);
+  const Ref ref = cpu_forward(logits, N, c);
+  kt::for_each_schedule(3, [&](int) {
+    Dev d = device_run(logits, N, c, dgate, sc);
+    compare_forward("router fp32 " + tag, d, ref, N);
+    // dlogits = p (dp - p.dp + zc) with terms of order 1: fp32 cancellation leaves ~1e-7 absolute.
+    kt::expect_close("router_backward fp32 " + tag, d.dlogits, cpu_backward(logits, d, dgate, N, c, sc), 1e-5, 1e-6);
+  });
+  // bf16 logits: the reference sees the same rounded logits (rounding may create exact ties, which
+  // both sides break towards the lower index). Scores stay fp32; dlogits is stored in bf16, so it is
+  // within 2^-8 relative (plus the fp32 slack).
+  const std::vector<kt::bf16> lb = kt::to_bf16(logits);
+  const std::vector<float> lbf = kt::to_floats(lb);
+  const Ref refb = cpu_forward(lbf, N, c);
+  Dev d = device_run(lb, N, c, dgate, sc);
+  compare_forward("router bf16 " + tag, d, refb, N);
+  kt::expect_close("router_backward bf16 " + tag, d.dlogits, cpu_backward(lbf, d, dgate, N, c, sc), 1.0 / 128,
+                   2e-6);
 }
 
 void test_case(int N, int E, int k, bool renorm, float aux_scale, float z_scale) {
-  const std::string tag = "N=" + std::to_string(N) + " E=" + std::to_string(E) + " k=" + std::to_string(k) +
-                          (renorm ? " renorm" : "");
-  const std::vector<float> logits = distinct_logits(N, E, 1000 + N * 31 + E * 7 + k);
-  const std::vector<float> dgate = kt::random_vec((size_t)N * k, 77 + N + E);
-  const Ref ref = cpu_forward(logits, N, E, k, renorm);
-  kt::for_each_schedule(3, [&](int) {
-    Dev d = device_run(logits, N, E, k, renorm, dgate, aux_scale, z_scale);
-    compare_forward("router fp32 " + tag, d, ref, N);
-    // dlogits = p (dp - p.dp + zc) with terms of order 1: fp32 cancellation leaves ~1e-7 absolute.
-    kt::expect_close("router_backward fp32 " + tag, d.dlogits,
-                     cpu_backward(logits, d, dgate, N, E, k, renorm, aux_scale, z_scale), 1e-5, 1e-6);
-  });
-  // bf16 logits: the reference sees the same rounded logits (rounding may create exact ties, which
-  // both sides break towards the lower index). Probabilities stay fp32; dlogits is stored in bf16,
-  // so it is within 2^-8 relative (plus the fp32 slack).
-  const std::vector<kt::bf16> lb = kt::to_bf16(logits);
-  const std::vector<float> lbf = kt::to_floats(lb);
-  const Ref refb = cpu_forward(lbf, N, E, k, renorm);
-  Dev d = device_run(lb, N, E, k, renorm, dgate, aux_scale, z_scale);
-  compare_forward("router bf16 " + tag, d, refb, N);
-  kt::expect_close("router_backward bf16 " + tag, d.dlogits,
-                   cpu_backward(lbf, d, dgate, N, E, k, renorm, aux_scale, z_scale), 1.0 / 128, 2e-6);
+  Case c;
+  c.E = E, c.k = k, c.renorm = renorm;
+  test_case(N, c, {aux_scale, z_scale, 0.0});
+}
+
+// Sigmoid scores, an expert bias (large enough to change choices; levels 0.5 apart, so no near-ties
+// with the scores' 1% steps) and the sequence-level loss.
+void test_balancing_case(int N, int E, int k, bool renorm, int seq_len) {
+  Case c;
+  c.E = E, c.k = k, c.renorm = renorm, c.seq_len = seq_len;
+  for (int e = 0; e < E; e++) c.bias.push_back(e % 3 == 1 ? 0.5f : e % 3 == 2 ? -0.5f : 0.f);
+  for (bool sigmoid : {false, true}) {
+    c.sigmoid = sigmoid;
+    test_case(N, c, {0.7, 0.3, 0.5});
+  }
 }
 
 // Exact ties go to the lower expert; an all-NaN row still yields the k lowest experts, as on the CPU.
@@ -125,10 +170,12 @@ void test_ties() {
   };
   const I32 want = {0, 1, 2, 2, 5, 0, 1, 6, 3, 0, 1, 2};
   for (bool renorm : {false, true}) {
-    Ref ref = cpu_forward(l, N, E, k, renorm);
+    Case c;
+    c.E = E, c.k = k, c.renorm = renorm;
+    Ref ref = cpu_forward(l, N, c);
     CHECK(ref.idx == want);
     kt::for_each_schedule(3, [&](int) {
-      Dev d = device_run(l, N, E, k, renorm, std::vector<float>(N * k, 0.5f), 0.f, 0.f);
+      Dev d = device_run(l, N, c, std::vector<float>(N * k, 0.5f), {0, 0, 0});
       kt::expect_equal("router ties topk_idx", d.idx, want);
       kt::expect_equal("router ties counts", d.counts, ref.counts);
       // the finite rows' values
@@ -141,28 +188,37 @@ void test_ties() {
 }
 
 void test_limits() {
-  kt::Buf<float> l(300 * 2), p(300 * 2), g(2), pm(300), losses(2), ws(4096);
+  kt::Buf<float> l(300 * 2), p(300 * 2), g(2), pm(300), losses(3), ws(4096);
   kt::Buf<int32_t> idx(2);
   kt::Buf<int64_t> counts(300);
-  CHECK_THROWS_WITH(scmoe::cuda::router_forward(l.get(), 2, 300, 1, false, p.get(), idx.get(), g.get(),
-                                                pm.get(), counts.get(), losses.get(), ws.get(), nullptr),
+  Case c;
+  c.E = 300, c.k = 1;
+  CHECK_THROWS_WITH(scmoe::cuda::router_forward(l.get(), 2, c.spec(nullptr), p.get(), idx.get(), g.get(), pm.get(),
+                                                counts.get(), nullptr, losses.get(), ws.get(), nullptr),
                     "limit of 256");
-  CHECK_THROWS_WITH(scmoe::cuda::router_forward(l.get(), 2, 4, 5, false, p.get(), idx.get(), g.get(),
-                                                pm.get(), counts.get(), losses.get(), ws.get(), nullptr),
+  c.E = 4, c.k = 5;
+  CHECK_THROWS_WITH(scmoe::cuda::router_forward(l.get(), 2, c.spec(nullptr), p.get(), idx.get(), g.get(), pm.get(),
+                                                counts.get(), nullptr, losses.get(), ws.get(), nullptr),
                     "1 <= k <= E");
+  c.k = 1, c.seq_len = 3;
+  CHECK_THROWS_WITH(scmoe::cuda::router_forward(l.get(), 2, c.spec(nullptr), p.get(), idx.get(), g.get(), pm.get(),
+                                                counts.get(), nullptr, losses.get(), ws.get(), nullptr),
+                    "2 tokens are not whole sequences of 3");
 }
 
 // No tokens: zero losses, counts and pmean (and nothing to launch for the rows).
 void test_empty() {
   const int E = 5;
-  kt::Buf<float> pm(std::vector<float>(E, 7.f)), losses(std::vector<float>{7.f, 7.f});
+  kt::Buf<float> pm(std::vector<float>(E, 7.f)), losses(std::vector<float>{7.f, 7.f, 7.f});
   kt::Buf<int64_t> counts(I64(E, 7));
-  scmoe::cuda::router_forward<float>(nullptr, 0, E, 2, true, nullptr, nullptr, nullptr, pm.get(),
-                                     counts.get(), losses.get(), nullptr, nullptr);
+  Case c;
+  c.E = E, c.k = 2, c.renorm = true;
+  scmoe::cuda::router_forward<float>(nullptr, 0, c.spec(nullptr), nullptr, nullptr, nullptr, pm.get(), counts.get(),
+                                     nullptr, losses.get(), nullptr, nullptr);
   kt::sync();
   kt::expect_equal("router N=0 pmean", pm.download(), std::vector<float>(E, 0.f));
   kt::expect_equal("router N=0 counts", counts.download(), I64(E, 0));
-  kt::expect_equal("router N=0 losses", losses.download(), std::vector<float>{0.f, 0.f});
+  kt::expect_equal("router N=0 losses", losses.download(), std::vector<float>{0.f, 0.f, 0.f});
 }
 
 // Noisy gating, elementwise: logits += eps * softplus(noise_pre) (softplus(z) = z above 20) and its
@@ -197,31 +253,60 @@ void test_stats_pack() {
   const int E = 6, N = 13, k = 2;
   const int64_t Ng = 3 * N;
   const I64 counts = {3, 0, 7, 5, 6, 5};
-  const std::vector<float> pmean = {0.1f, 0.05f, 0.3f, 0.2f, 0.25f, 0.1f}, losses = {1.25f, 3.5f};
+  const int64_t S = 4, Sg = 3 * S;
+  const std::vector<float> pmean = {0.1f, 0.05f, 0.3f, 0.2f, 0.25f, 0.1f}, losses = {1.25f, 3.5f, 0.75f};
   std::vector<double> pmean_d(pmean.begin(), pmean.end()), losses_d(losses.begin(), losses.end());
-  D buf_ref(2 * E + 1);
-  scmoe::cpu::router_stats_pack(buf_ref.data(), counts.data(), pmean_d.data(), losses_d.data(), N, E);
+  D buf_ref(scmoe::router_stats_size(E));
+  scmoe::cpu::router_stats_pack(buf_ref.data(), counts.data(), pmean_d.data(), losses_d.data(), N, S, E);
   kt::Buf<int64_t> dcounts(counts);
   kt::Buf<float> dpmean(pmean), dlosses(losses);
   kt::Buf<double> dbuf(buf_ref.size());
-  scmoe::cuda::router_stats_pack(dbuf.get(), dcounts.get(), dpmean.get(), dlosses.get(), N, E, nullptr);
+  scmoe::cuda::router_stats_pack(dbuf.get(), dcounts.get(), dpmean.get(), dlosses.get(), N, S, E, nullptr);
   kt::sync();
   kt::expect_close("router_stats_pack", dbuf.download(), buf_ref, 1e-7, 1e-9);
   D summed = buf_ref;  // as if three ranks had sent the same
   for (double& v : summed) v *= 3;
   I64 counts_ref(E);
-  D losses_ref(2);
-  scmoe::cpu::router_stats_unpack(counts_ref.data(), losses_ref.data(), summed.data(), Ng, k, E);
+  D losses_ref(3);
+  scmoe::cpu::router_stats_unpack(counts_ref.data(), losses_ref.data(), summed.data(), Ng, Sg, k, E);
   kt::Buf<double> dsummed(summed);
-  scmoe::cuda::router_stats_unpack(dcounts.get(), dlosses.get(), dsummed.get(), Ng, k, E, nullptr);
+  scmoe::cuda::router_stats_unpack(dcounts.get(), dlosses.get(), dsummed.get(), Ng, Sg, k, E, nullptr);
   kt::sync();
   kt::expect_equal("router_stats_unpack counts", dcounts.download(), counts_ref);
   kt::expect_close("router_stats_unpack losses", dlosses.download(), losses_ref, 1e-6, 0);
 }
 
+// The bias update after a step, and the loads' accumulation: bit for bit the CPU's.
+void test_expert_bias_update() {
+  const int E = 37;
+  std::vector<float> bias = kt::random_vec(E, 5, -0.01f, 0.01f);
+  I64 load(E);
+  for (int e = 0; e < E; e++) load[e] = (e * 7919) % 23;
+  for (bool center : {false, true}) {
+    std::vector<float> want = bias;
+    I64 lw = load, more(E, 3);
+    scmoe::cpu::add_counts(lw.data(), more.data(), E);
+    scmoe::cpu::expert_bias_update(want.data(), lw.data(), E, 1e-3, center);
+    kt::for_each_schedule(2, [&](int) {
+      kt::Buf<float> b(bias);
+      kt::Buf<int64_t> l(load), m(more);
+      scmoe::cuda::add_counts(l.get(), m.get(), E, nullptr);
+      scmoe::cuda::expert_bias_update(b.get(), l.get(), E, 1e-3, center, nullptr);
+      kt::sync();
+      kt::expect_equal(std::string("expert_bias_update") + (center ? " centred" : ""), b.download(), want);
+      kt::expect_equal("expert loads zeroed", l.download(), I64(E, 0));
+    });
+  }
+}
+
 int main() {
   kt::require_device();
   test_stats_pack();
+  test_expert_bias_update();
+  test_balancing_case(24, 4, 2, true, 8);
+  test_balancing_case(30, 7, 3, false, 5);
+  test_balancing_case(40, 40, 2, true, 10);  // two experts per lane
+  test_balancing_case(12, 256, 2, true, 4);  // eight per lane
   test_case(1, 1, 1, false, 0.7f, 0.3f);
   test_case(37, 4, 2, true, 0.7f, 0.3f);
   test_case(37, 7, 3, false, 0.7f, 0.0f);

@@ -49,6 +49,8 @@ seed_corpora() {
     >"$work/corpus_fuzz_config/seed.yaml"
   # YAML, then NUL-separated --set arguments (see fuzz_config.cpp).
   printf 'train: {seed: 1}\0optim.lr=1e-3\0model.arch=moe' >"$work/corpus_fuzz_config/seed_with_sets"
+  # Found by this target: yaml-cpp's LoadAll looped on a leading ',' until memory ran out.
+  printf ',$ldologmpariwon: shared experlo\316_ev' >"$work/corpus_fuzz_config/leading_comma"
   # Valid shards: header (magic 20240520, version, token count, zeros up to 1024 bytes), then tokens.
   python3 -c 'import struct,sys; sys.stdout.buffer.write(struct.pack("<3i", 20240520, 1, 3) + bytes(1012) + struct.pack("<3H", 1, 2, 3))' \
     >"$work/corpus_fuzz_shard_header/v1.bin"

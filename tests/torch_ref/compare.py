@@ -113,6 +113,7 @@ def compare_dump(path, ref_dtype="dump", out=sys.stdout, z_form=None):
 
     model = gpt.GPT(cfg, dtype=compute_dtype)
     expected = set(model.param_names)
+    state = set(model.state)  # the expert biases: inputs of the dump, without gradients
 
     # Name checks: params, grads and the batch must be exactly what the model implies.
     required = REQUIRED + (("aux_loss",) if cfg["arch"] != "dense" else ())
@@ -121,13 +122,13 @@ def compare_dump(path, ref_dtype="dump", out=sys.stdout, z_form=None):
             problems.append(f"missing tensor {name!r}")
     params = {k: v for k, v in tensors.items() if not k.startswith("grad.") and k not in RESERVED}
     grads = {k[len("grad."):]: v for k, v in tensors.items() if k.startswith("grad.")}
-    for kind, have in (("parameter", params), ("gradient", grads)):
+    for kind, have, want in (("parameter", params, expected | state), ("gradient", grads, expected)):
         prefix = "grad." if kind == "gradient" else ""
-        for n in sorted(expected - set(have)):
+        for n in sorted(want - set(have)):
             problems.append(f"missing {kind} {prefix}{n}")
-        for n in sorted(set(have) - expected):
+        for n in sorted(set(have) - want):
             problems.append(f"unexpected {kind} {prefix}{n} (not a parameter of {cfg['arch']})")
-    for n, v in list(params.items()) + [("grad." + k, v) for k, v in grads.items()]:
+    for n, v in [(k, v) for k, v in params.items() if k not in state] + [("grad." + k, v) for k, v in grads.items()]:
         base = n[len("grad."):] if n.startswith("grad.") else n
         if base in model.p and tuple(v.shape) != tuple(model.p[base].shape):
             problems.append(f"{n}: shape {tuple(v.shape)}, expected {tuple(model.p[base].shape)}")
@@ -638,7 +639,7 @@ def self_test():
                 for p in m.p.values():
                     p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64) * 0.5)
             x = torch.randn(3, 7, cfg["d_model"], generator=gen, dtype=torch.float64)
-            ctx = {"aux": [], "stats": [], "h": {}, "u": {}}
+            ctx = {"aux": [], "stats": [], "h": {}, "u": {}, "state": m.state}
             y = gpt.moe(m.p, "blocks.1.moe", x, cfg, ctx, 1)
             P = {n: p.detach().numpy() for n, p in m.p.items()}
             y_np, weighted, _, dropped, _ = _numpy_moe(cfg, P, x.numpy(), "blocks.1.moe")

@@ -18,9 +18,11 @@ a = h + Attn(LN1(h)), u = LN2(a), then
         position 2: x = u_{l-1}           (LN2 output of the preceding block)
         position 3: x = NormMoE(h_{l-1})  (the preceding block's input)
         combine add: SE + MoE;  cg1: sigmoid(u Wc^T) * SE + MoE;  cg2: softmax(u Wc^T) weights both.
-The MoE layer: softmax gate over all experts, top-k (ties towards the lower expert index),
-optional renormalisation, capacity cap = min(k * ceil(cf * N / E), N) per expert (cf <= 0:
-dropless) with assignments admitted choice-major, load-balancing aux loss and router z-loss.
+The MoE layer: softmax (or per-expert sigmoid) scores, top-k on the scores plus an optional
+expert bias (ties towards the lower expert index; the bias never enters a gate), optional
+renormalisation, capacity cap = min(k * ceil(cf * N / E), N) per expert (cf <= 0: dropless) with
+assignments admitted choice-major, load-balancing aux loss (on the scores normalised over the
+experts), router z-loss and DeepSeek-V3's sequence-level balance loss.
 
 GPT.forward returns (logits, objective) with objective = cross-entropy + sum over MoE layers of
 (aux_loss_coef * aux + z_loss_coef * z); after a forward, model.last_ce, model.last_aux (detached)
@@ -58,6 +60,9 @@ _MOE_KEYS = {
     "position": (int, 2),
     "combine": (str, "cg1"),
     "gate_noise": (float, 0.0),
+    "score": (str, "softmax"),
+    "seq_aux_loss_coef": (float, 0.0),
+    "expert_bias": ("bool", False),
 }
 
 
@@ -125,9 +130,11 @@ def _validate_moe(cfg):
         raise ValueError(f"top_k must be in [1, num_experts = {E}], got {k}")
     if cfg["every"] < 1:
         raise ValueError(f"every must be >= 1, got {cfg['every']}")
-    for key in ("capacity_factor", "aux_loss_coef", "z_loss_coef"):
+    for key in ("capacity_factor", "aux_loss_coef", "z_loss_coef", "seq_aux_loss_coef"):
         if not math.isfinite(cfg[key]):
             raise ValueError(f"{key} must be finite, got {cfg[key]}")
+    if cfg["score"] not in ("softmax", "sigmoid"):
+        raise ValueError(f"score must be softmax or sigmoid, got {cfg['score']!r}")
     if cfg["gate_noise"] != 0:
         raise ValueError("gate_noise must be 0: the reference has no (random) gate noise")
     if not any(is_moe_block(cfg, l) for l in range(cfg["n_layer"])):
@@ -221,10 +228,23 @@ def moe(p, prefix, x, cfg, ctx, layer):
     N, E, k = B * T, cfg["num_experts"], cfg["top_k"]
     xf = x.reshape(N, C)  # row n = b * T + t
     logits = xf @ p[prefix + ".gate.weight"].t()  # [N, E]
-    probs = logits.softmax(dim=-1)
-    # Stable descending sort: among equal probabilities the lower expert index comes first.
-    sorted_probs, order = torch.sort(probs.detach(), dim=-1, descending=True, stable=True)
-    idx = order[:, :k]  # [N, k], j = 0 .. k-1 in descending probability
+    # Scores: softmax over the experts, or a sigmoid per expert; the balance losses average the
+    # scores normalised over the experts (q), which for softmax are the scores themselves.
+    if cfg["score"] == "sigmoid":
+        probs = torch.sigmoid(logits)
+        q = probs / probs.sum(dim=-1, keepdim=True)
+    else:
+        probs = logits.softmax(dim=-1)
+        q = probs
+    # The expert bias (auxiliary-loss-free balancing) shifts the choice only: a constant added to the
+    # detached scores, never to a gate.
+    keys = probs.detach()
+    bias = ctx["state"].get(prefix + ".expert_bias")
+    if bias is not None:
+        keys = keys + bias.to(keys.dtype)
+    # Stable descending sort: among equal keys the lower expert index comes first.
+    sorted_probs, order = torch.sort(keys, dim=-1, descending=True, stable=True)
+    idx = order[:, :k]  # [N, k], j = 0 .. k-1 in descending key
     gates = probs.gather(1, idx)
     if cfg["renormalize"] and k > 1:
         gates = gates / gates.sum(dim=-1, keepdim=True)
@@ -247,7 +267,11 @@ def moe(p, prefix, x, cfg, ctx, layer):
 
     # Load balancing: E * sum_e mean_n(p_e) * count_e / (N k), counts before capacity, constant.
     counts = torch.bincount(idx.reshape(-1), minlength=E).to(probs.dtype)
-    aux = E * torch.sum(probs.mean(dim=0) * counts / (N * k))
+    aux = E * torch.sum(q.mean(dim=0) * counts / (N * k))
+    # DeepSeek-V3's sequence-level balance loss: per sequence, E/(k T) sum_e count_e * mean_t q_e,
+    # counts constant, averaged over the B sequences.
+    seq_counts = F.one_hot(idx, E).sum(dim=1).reshape(B, T, E).sum(dim=1).to(probs.dtype)  # [B, E]
+    seq_aux = (E / (k * T) * (seq_counts * q.reshape(B, T, E).mean(dim=1)).sum(dim=-1)).mean()
     lse = torch.logsumexp(logits, dim=-1)
     if Z_LOSS_FORM == "square_of_mean":
         z = lse.mean() ** 2
@@ -255,7 +279,7 @@ def moe(p, prefix, x, cfg, ctx, layer):
         z = (lse ** 2).mean()
     else:
         raise ValueError(f"Z_LOSS_FORM must be one of {Z_LOSS_FORMS}, got {Z_LOSS_FORM!r}")
-    ctx["aux"].append(cfg["aux_loss_coef"] * aux + cfg["z_loss_coef"] * z)
+    ctx["aux"].append(cfg["aux_loss_coef"] * aux + cfg["z_loss_coef"] * z + cfg["seq_aux_loss_coef"] * seq_aux)
     # Statistics stay tensors (no device sync); compare.py reads them after the forward.
     margin = (sorted_probs[:, k - 1] - sorted_probs[:, k]).min() if k < E else None
     ctx["stats"].append(dict(layer=layer, prefix=prefix, tokens=N, cap=cap,
@@ -384,6 +408,12 @@ class GPT(torch.nn.Module):
             param = torch.nn.Parameter(torch.zeros(shape, dtype=dtype, device=device))
             self.p[name] = param
             self.register_parameter(name.replace(".", "__"), param)
+        # Model state outside the parameters: the expert biases (fp32 values, no gradient).
+        self.state = {}
+        if config["arch"] != "dense" and config["expert_bias"]:
+            for l in moe_layers(config):
+                self.state[f"blocks.{l}.moe.expert_bias"] = torch.zeros(config["num_experts"], dtype=dtype,
+                                                                        device=device)
         self.last_ce = self.last_aux = None
         self.moe_stats = []
         self.init_params()
@@ -414,10 +444,12 @@ class GPT(torch.nn.Module):
         The names must match exactly: a missing or extra tensor is a naming bug between the two
         implementations and must not be silently ignored.
         """
-        missing = sorted(set(self.p) - set(params))
-        extra = sorted(set(params) - set(self.p))
+        missing = sorted((set(self.p) | set(self.state)) - set(params))
+        extra = sorted(set(params) - set(self.p) - set(self.state))
         if missing or extra:
             raise KeyError(f"parameter names differ: missing {missing}, unexpected {extra}")
+        for name, t in self.state.items():
+            t.copy_(torch.as_tensor(params[name]).to(dtype=t.dtype, device=t.device))
         for name, t in self.p.items():
             src = torch.as_tensor(params[name])
             if tuple(src.shape) != tuple(t.shape):
@@ -441,7 +473,7 @@ class GPT(torch.nn.Module):
             raise ValueError(f"sequence length {T} exceeds seq_len {self.cfg['seq_len']}")
         idx = idx.long()
         x = self.p["wte"][idx] + self.p["wpe"][:T]
-        ctx = {"aux": [], "stats": [], "h": {}, "u": {}}
+        ctx = {"aux": [], "stats": [], "h": {}, "u": {}, "state": self.state}
         for stage in self.stages:
             x = stage(self.p, x, ctx)
         self.moe_stats = ctx["stats"]
