@@ -9,8 +9,8 @@
 # the final validation loss, the expert loads every step (max/mean before and after capacity), and the
 # time exchanges waited for the slower rank (peer wait) and the overlap.
 #   bench/balance_study.sh [STEPS] [SEEDS...]   (defaults: 400 steps, seeds 1337 2024; BW=0.2 GB/s)
-# Runs go to runs/balance/<config>_<mode>_s<seed>/ (a finished run is not repeated); the table and the
-# plot to docs/balance_study_table.md and docs/balance_study.png (bench/summarize_balance.py).
+# Runs go to runs/balance/<config>_<mode>_s<seed>/ (OUT overrides; a finished run is not repeated); the
+# table and the plot to docs/results/balance_study_table.md and .png (bench/report.py balance).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS=${1:-400}
@@ -20,7 +20,7 @@ BW=${BW:-0.2}
 [[ -x build/train ]] || scripts/build.sh >/dev/null
 [[ -f data/tinyshakespeare/train_000000.bin ]] ||
   python3 data/prepare.py --input data/tinyshakespeare.txt --out-dir data/tinyshakespeare >/dev/null
-OUT=runs/balance
+OUT=${OUT:-runs/balance}
 mkdir -p "$OUT"
 for cfg in ts_scmoe_pos2 ts_moe_top2; do
   for mode in aux bias both; do
@@ -46,4 +46,4 @@ for cfg in ts_scmoe_pos2 ts_moe_top2; do
     done
   done
 done
-/usr/bin/python3 bench/summarize_balance.py "$OUT" docs/balance_study "$BW"
+/usr/bin/python3 bench/report.py balance "$OUT" docs/results/balance_study "$BW"

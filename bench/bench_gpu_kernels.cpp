@@ -48,7 +48,7 @@ int main() {
 #include "kernels/cuda/norm.h"
 #include "kernels/cuda/permute.h"
 #include "kernels/cuda/router.h"
-#include "model/params.h"
+#include "core/params.h"
 #include "train/config.h"
 
 namespace cu = scmoe::cuda;

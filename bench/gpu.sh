@@ -9,7 +9,7 @@
 #   6. the results (tokens/s, MFU, speed-ups, kernel table, overlap, test status) into
 #      docs/gpu_benchmarks.md,
 #   7. expert offloading in generation on this GPU (DEVICE=cuda bench/offload.sh: real PCIe link, pinned
-#      memory, blocking vs async vs speculative) into docs/offload_table_cuda.md,
+#      memory, blocking vs async vs speculative) into docs/results/offload_table_cuda.md,
 #   8. the ScMoE overlap on the device: GPT-2-small ScMoE Pos-2 on one rank with a simulated link,
 #      comm.overlap true (the exchanges on a high-priority communication stream, ordered by CUDA events)
 #      vs false (the sequential reference): step time and the overlap the events measure.

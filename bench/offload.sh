@@ -6,8 +6,8 @@
 #   bench/offload.sh [TRAIN_STEPS] [BANDWIDTHS_GB_S...]     (defaults: 300 steps; 2 4 8)
 # Environment: BUILD (default build), REPS (default 3; medians over repetitions), DEVICE (cpu, or cuda:
 # on a GPU, a larger model trained and generated on the device, experts over the real PCIe link from
-# pinned memory; no bandwidths; table in docs/offload_table_cuda.md, runs in runs/offload_cuda).
-# Prints a Markdown table and writes it to docs/offload_table.md. Every offloaded run must print the
+# pinned memory; no bandwidths; table in docs/results/offload_table_cuda.md, runs in runs/offload_cuda).
+# Prints a Markdown table and writes it to docs/results/offload_table.md. Every offloaded run must print the
 # resident run's tokens byte for byte (checked). The figures are CPU-backend figures with a simulated
 # link: transfers cost wall time as a link of that speed would (plus the real memcpy).
 set -euo pipefail
@@ -23,7 +23,7 @@ TRAIN=$BUILD/train
 [[ -f data/tinyshakespeare/train_000000.bin ]] ||
   python3 data/prepare.py --input data/tinyshakespeare.txt --out-dir data/tinyshakespeare >/dev/null
 DEVICE=${DEVICE:-cpu}
-OUT=runs/offload TABLE=docs/offload_table.md
+OUT=runs/offload TABLE=docs/results/offload_table.md
 # Experts dominate: 2 MoE layers x 16 experts of d_ff 1024 at d_model 256 (same active FFN compute:
 # scmoe = shared expert + top-1, moe = top-2).
 MODEL=(--set model.d_model=256 --set model.d_ff=1024 --set moe.num_experts=16 --set train.batch_size=8
@@ -31,7 +31,7 @@ MODEL=(--set model.d_model=256 --set model.d_ff=1024 --set moe.num_experts=16 --
 if [[ $DEVICE == cuda ]]; then
   # 8 blocks, 4 MoE layers x 16 experts of d_ff 4096 at d_model 1024: 2 GiB of experts in fp32, 8% of
   # them cached. The link is the machine's own: "0" stands for it in file names and the table.
-  OUT=runs/offload_cuda TABLE=docs/offload_table_cuda.md BWS=(0)
+  OUT=runs/offload_cuda TABLE=docs/results/offload_table_cuda.md BWS=(0)
   MODEL=(--set model.n_layer=8 --set model.d_model=1024 --set model.n_head=16 --set model.d_ff=4096
          --set model.seq_len=256 --set moe.num_experts=16 --set train.batch_size=16 --set train.device=cuda
          --set train.eval_every=0 --set train.eval_batches=4 --set train.log_every=50 --set checkpoint.every=0)
@@ -79,4 +79,5 @@ for rep in $(seq "$REPS"); do
   done
 done
 cut -d' ' -f1 /proc/loadavg >>"$OUT/loadavg"
-/usr/bin/python3 bench/summarize_offload.py "$OUT" | tee "$TABLE"
+mkdir -p "$(dirname "$TABLE")"
+/usr/bin/python3 bench/report.py offload "$OUT" | tee "$TABLE"

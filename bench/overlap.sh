@@ -7,8 +7,8 @@
 # Prints a Markdown table (median step time after the first 6 steps, speed-up over top-2, communication
 # share of top-2's step, overlap; where the transport tells when every rank had arrived, the time
 # exchanges waited for the slower rank and the overlap of the transfers alone) and the windows the
-# ScMoE slot choice saw, and writes them to docs/overlap_table<SUFFIX>.md (with a plot,
-# docs/overlap<SUFFIX>.png): SUFFIX is _balanced for ROUTING=balanced (moe.force_balanced_routing: random
+# ScMoE slot choice saw, and writes them to docs/results/overlap_table<SUFFIX>.md (with a plot,
+# docs/results/overlap<SUFFIX>.png): SUFFIX is _balanced for ROUTING=balanced (moe.force_balanced_routing: random
 # router logits, so expert loads stay balanced and communication is measured apart from load
 # imbalance) and _gloo for TRANSPORT=gloo.
 # All link figures are SIMULATED (comm.simulate_link delays each All-to-All on top of the real exchange).
@@ -46,4 +46,4 @@ for bw in "${BWS[@]}"; do
       --set train.out_dir="$dir" >"$dir.log" 2>&1 || { tail -20 "$dir.log"; exit 1; }
   done
 done
-/usr/bin/python3 bench/summarize_overlap.py "$OUT" "${BWS[@]}"
+/usr/bin/python3 bench/report.py overlap "$OUT" "${BWS[@]}"

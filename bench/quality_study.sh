@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Quality study (issue: MoE family): every configs/ts_*.yaml architecture on Tiny Shakespeare (byte
-# level), same budget, two seeds each; then a table and a plot in docs/.
+# level), same budget, two seeds each; then a table and a plot in docs/results/ (bench/report.py quality).
 #   bench/quality_study.sh [STEPS] [SEEDS...]     (defaults: each config's max_steps; seeds 1337 2024)
 # Runs go to runs/study/<config>_s<seed>/ (a finished run is not repeated).
 set -euo pipefail
@@ -25,4 +25,4 @@ for cfg in configs/ts_*.yaml; do
     touch "$out/done"
   done
 done
-/usr/bin/python3 bench/summarize_study.py runs/study docs/quality_study
+/usr/bin/python3 bench/report.py quality runs/study docs/results/quality_study

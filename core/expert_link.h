@@ -1,4 +1,4 @@
-// The host-to-device link of expert offloading (model/expert_cache.h): where an expert cache's slots
+// The host-to-device link of expert offloading (infer/expert_cache.h): where an expert cache's slots
 // live and how expert weights reach them. The CPU backend's link is here (HostLink); the CUDA
 // backend's is kernels/cuda/expert_link.h.
 #pragma once

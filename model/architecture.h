@@ -10,8 +10,8 @@
 #include <string>
 #include <vector>
 
-#include "model/params.h"
-#include "train/config.h"
+#include "core/params.h"
+#include "core/config.h"
 
 namespace scmoe {
 

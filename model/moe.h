@@ -1,6 +1,6 @@
 // A mixture-of-experts layer, split as Megatron-Core splits it: router (gate logits, scores, top-k,
-// losses; RouterSpec) -> dispatcher (rows to the experts' ranks, capacity) -> experts (GELU MLPs on their rows,
-// one grouped product) -> combine (rows back, weighted by the gates). Only the dispatcher knows about
+// losses; RouterSpec) -> dispatcher (rows to the experts' ranks, capacity) -> experts (GELU MLPs on
+// their rows, one grouped product) -> combine (rows back, weighted by the gates). Only the dispatcher knows about
 // other ranks; the router's statistics (aux / z losses) are reduced over ranks so every loss and
 // gradient equals the single-process one on the same global batch. Written once for both backends.
 #pragma once
@@ -124,7 +124,7 @@ struct MoE {
     host_logits_.resize(force_balanced ? NE : 0);
   }
 
-  // Rows per expert over the global batch (DESIGN.md section 3); dropless when capacity_factor <= 0.
+  // Rows per expert over the global batch (docs/design.md section 3); dropless when capacity_factor <= 0.
   int64_t capacity() const {
     if (capacity_factor <= 0) return N_global * kc;
     return std::min<int64_t>((int64_t)kc * (int64_t)std::ceil(capacity_factor * N_global / E), N_global);
@@ -211,9 +211,8 @@ struct MoE {
     return b;
   }
   void set_expert_bias(const std::vector<float>& b) {
-    SCMOE_CHECK(bias_cfg.enabled && b.size() == size_t(E), "expert bias of " << b.size() << " values for " << E
-                                                                             << " experts (enabled: " << bias_cfg.enabled
-                                                                             << ")");
+    SCMOE_CHECK(bias_cfg.enabled && b.size() == size_t(E),
+                "expert bias of " << b.size() << " values for " << E << " experts (enabled: " << bias_cfg.enabled << ")");
     k->upload(bias_.get(), b.data(), b.size());
   }
 

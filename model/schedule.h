@@ -1,4 +1,4 @@
-// The order in which the model runs its stages: the ScMoE overlapped schedule (DESIGN.md section 3) as
+// The order in which the model runs its stages: the ScMoE overlapped schedule (docs/design.md section 3) as
 // a list of actions, built once. Each routed branch (MoE) has three forward phases — begin (gate,
 // encode, post the dispatch), compute (the expert slot), finish (receive, decode) — and three backward
 // ones. Sequential plans run each branch's phases back to back; overlapped plans post the dispatch as

@@ -4,7 +4,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include "train/config.h"
+#include "core/config.h"
 
 namespace scmoe {
 

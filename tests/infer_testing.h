@@ -6,10 +6,10 @@
 #include <vector>
 
 #include "core/rng.h"
-#include "model/expert_cache.h"
+#include "infer/expert_cache.h"
 #include "model/gpt.h"
-#include "model/infer_types.h"
-#include "model/sampler.h"
+#include "infer/infer_types.h"
+#include "infer/sampler.h"
 #include "train/config.h"
 
 namespace scmoe::infer_testing {

@@ -7,6 +7,7 @@
 #include "core/rng.h"
 #include "model/gpt.h"
 #include "train/checkpoint.h"
+#include "train/config.h"
 #include "train/safetensors.h"
 
 using namespace scmoe;

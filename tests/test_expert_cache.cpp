@@ -1,4 +1,4 @@
-// The per-layer expert cache (model/expert_cache.h) on its own: the copied weights, hits and misses,
+// The per-layer expert cache (infer/expert_cache.h) on its own: the copied weights, hits and misses,
 // an expert needed twice in a row, LRU eviction order, never evicting what the current token needs,
 // speculative prefetches (used and wrong), a layer never asked for anything, and the simulated link's
 // timing.
@@ -9,7 +9,7 @@
 #include <thread>
 #include <vector>
 
-#include "model/expert_cache.h"
+#include "infer/expert_cache.h"
 #include "tests/testing.h"
 
 using namespace scmoe;

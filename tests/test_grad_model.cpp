@@ -7,6 +7,7 @@
 
 #include "core/rng.h"
 #include "model/gpt.h"
+#include "train/config.h"
 #include "tests/gradcheck.h"
 
 using namespace scmoe;

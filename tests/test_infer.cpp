@@ -1,4 +1,4 @@
-// Incremental inference (model/infer.h): the KV-cached path against the full forward recomputing the
+// Incremental inference (infer/infer.h): the KV-cached path against the full forward recomputing the
 // window, for every architecture (float64, 1e-9), across window slides; expert offloading against
 // the resident model (bit-identical logits and tokens) for every migration mode, cache size and
 // architecture, with its counters; a layer whose gate always picks the same experts.
@@ -11,8 +11,8 @@
 
 #include "core/rng.h"
 #include "model/gpt.h"
-#include "model/infer.h"
-#include "model/sampler.h"
+#include "infer/infer.h"
+#include "infer/sampler.h"
 #include "tests/infer_testing.h"
 #include "tests/testing.h"
 

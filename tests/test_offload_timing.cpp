@@ -11,7 +11,8 @@
 #include <vector>
 
 #include "model/gpt.h"
-#include "model/infer.h"
+#include "infer/infer.h"
+#include "train/config.h"
 #include "tests/testing.h"
 
 using namespace scmoe;

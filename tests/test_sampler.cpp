@@ -1,4 +1,4 @@
-// Sampling (model/sampler.h): greedy is argmax (ties to the lower id); top-k = 1 and a tiny top-p are
+// Sampling (infer/sampler.h): greedy is argmax (ties to the lower id); top-k = 1 and a tiny top-p are
 // greedy too; filters keep exactly the tokens they should; frequencies follow the softmax; the same
 // seed gives the same tokens, different seeds different ones; bad options are errors.
 #include <cmath>
@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "core/rng.h"
-#include "model/sampler.h"
+#include "infer/sampler.h"
 #include "tests/testing.h"
 
 using namespace scmoe;

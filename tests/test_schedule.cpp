@@ -1,5 +1,5 @@
 // The overlapped ScMoE schedule's action lists: where the expert slot puts the expert computation
-// (DESIGN.md section 3), the backward mirror, and the sequential fallback.
+// (docs/design.md section 3), the backward mirror, and the sequential fallback.
 #include <cstdio>
 
 #include "model/schedule.h"

@@ -10,6 +10,7 @@
 #include "kernels/cpu/backend.h"
 #include "train/config.h"
 #ifdef SCMOE_HAVE_CUDA
+#include "infer/cuda_infer.h"
 #include "model/cuda_models.h"
 #endif
 

@@ -1,4 +1,4 @@
-// What a checkpoint holds and how the trainer writes/reads it (DESIGN.md section 4):
+// What a checkpoint holds and how the trainer writes/reads it (docs/design.md section 4):
 //   model.safetensors                  every replicated (non-expert) parameter and the MoE layers'
 //                                      expert biases (fp32 state, no optimizer moments), written by rank 0
 //   experts-rankRRRRR-of-WWWWW.safetensors  rank R's routed-expert tensors (MoE models only)
@@ -15,7 +15,7 @@
 #include <string>
 #include <vector>
 
-#include "model/params.h"
+#include "core/params.h"
 
 namespace scmoe {
 

@@ -15,7 +15,7 @@
 #include "core/check.h"
 #include "data/tokenizer.h"
 #include "model/architecture.h"
-#include "model/infer.h"
+#include "infer/infer.h"
 #include "train/backend_select.h"
 #include "train/checkpoint.h"
 #include "train/checkpoint_dir.h"

@@ -5,7 +5,7 @@
 #include <cstdint>
 #include <string>
 
-#include "model/sampler.h"
+#include "infer/sampler.h"
 #include "train/config.h"
 
 namespace scmoe {

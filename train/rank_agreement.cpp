@@ -7,6 +7,7 @@
 
 #include "core/check.h"
 #include "core/rng.h"
+#include "train/config.h"
 
 namespace scmoe {
 

@@ -26,6 +26,7 @@
 #include "train/backend_select.h"
 #include "train/checkpoint.h"
 #include "train/checkpoint_dir.h"
+#include "train/config.h"
 #include "train/metrics.h"
 #include "train/moe_metrics.h"
 #include "train/rank_agreement.h"

@@ -6,8 +6,8 @@
 #include <cstdint>
 #include <vector>
 
-#include "model/params.h"
-#include "train/config.h"
+#include "core/params.h"
+#include "core/config.h"
 
 namespace scmoe::cpu {
 

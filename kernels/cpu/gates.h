@@ -1,4 +1,4 @@
-// ScMoE combine coefficients (DESIGN.md section 3): cg1 scales the shared expert's output by
+// ScMoE combine coefficients (docs/design.md section 3): cg1 scales the shared expert's output by
 // sigmoid(v . w) per token; cg2 weights (shared expert, routed experts) by a softmax over two logits
 // v . W[0], v . W[1]. The logits come from a separate matmul; these are the pointwise parts.
 #pragma once

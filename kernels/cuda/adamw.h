@@ -6,8 +6,8 @@
 #include <vector>
 
 #include "kernels/cuda/abi.h"
-#include "model/params.h"
-#include "train/config.h"
+#include "core/params.h"
+#include "core/config.h"
 
 SCMOE_CUDA_BEGIN
 

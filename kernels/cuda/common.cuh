@@ -1,7 +1,7 @@
 // What every CUDA kernel file includes: the CUDA headers under nvcc, or the SIMT emulation
-// (tests/emu/simt.h, and its asynchronous runtime tests/emu/async_runtime.h) when the same source is
-// compiled as host C++ for the CPU tests (SCMOE_SIMT_EMU). Also: the launch wrapper, CUDA error checks, bf16 conversions and the warp/block
-// reductions the kernels share.
+// (kernels/cuda/emu/simt.h, with its asynchronous runtime kernels/cuda/emu/async_runtime.h) when the
+// same source is compiled as host C++ for the CPU tests (SCMOE_SIMT_EMU). Also: the launch wrapper, CUDA
+// error checks, bf16 conversions and the warp/block reductions the kernels share.
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -11,8 +11,8 @@
 #include <unordered_map>
 
 #if defined(SCMOE_SIMT_EMU)
-#include "tests/emu/async_runtime.h"
-#include "tests/emu/simt.h"
+#include "kernels/cuda/emu/async_runtime.h"
+#include "kernels/cuda/emu/simt.h"
 #else
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>

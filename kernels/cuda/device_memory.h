@@ -1,4 +1,4 @@
-// Device memory for the CUDA backend (DESIGN.md section 2): the few big allocations (parameters,
+// Device memory for the CUDA backend (docs/design.md section 2): the few big allocations (parameters,
 // gradients, optimizer state, the activation arena) made once at start-up, each named, so that running
 // out of memory says what was being allocated, how much, what the device had and what was estimated.
 // Checked copies. In the emulated build (SCMOE_SIMT_EMU) "device" memory is host memory and the

@@ -5,7 +5,7 @@
 #include <atomic>
 
 #if defined(SCMOE_SIMT_EMU)
-#include "tests/emu/async_runtime.h"
+#include "kernels/cuda/emu/async_runtime.h"
 #else
 #include <cuda_runtime.h>
 

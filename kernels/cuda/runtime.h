@@ -2,7 +2,7 @@
 // our own so that the same backend code runs on two runtimes:
 //   natively   the CUDA runtime (kernels/cuda/runtime.cu), every call checked (file:line, the call, a
 //              hint);
-//   emulated   (SCMOE_SIMT_EMU) an asynchronous runtime of our own (tests/emu/async_runtime.h): each
+//   emulated   (SCMOE_SIMT_EMU) an asynchronous runtime of our own (kernels/cuda/emu/async_runtime.h): each
 //              stream is a worker thread with a queue, kernels run on their stream's thread, events and
 //              stream_wait_event are real, copies are asynchronous, and a seeded random delay before each
 //              piece of stream work makes a missing wait produce a wrong result, in CI, without a GPU.

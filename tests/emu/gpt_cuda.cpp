@@ -20,6 +20,7 @@
 #include "core/rng.h"
 #include "model/cuda_models.h"
 #include "optim/adamw.h"
+#include "train/config.h"
 #include "tests/emu/kernel_test.h"
 
 using namespace scmoe;

@@ -1,5 +1,5 @@
 // Generation on the CUDA backend (Generator<cuda::Cuda<T>>) against the CPU backend's
-// (Generator<Cpu<float>>), the same generator code (model/infer.h) on the two kernel sets, on the same
+// (Generator<Cpu<float>>), the same generator code (infer/infer.h) on the two kernel sets, on the same
 // weights: every architecture, greedy decoding across window slides, the logits of every step
 // (fp32: within 1e-4 of the largest logit, and the same greedy tokens; bf16: within 6% — bf16 keeps 8
 // mantissa bits and the error grows through 4 blocks). Expert offloading on the device against the
@@ -15,8 +15,8 @@
 #include <vector>
 
 #include "core/rng.h"
-#include "model/cuda_models.h"
-#include "model/sampler.h"
+#include "infer/cuda_infer.h"
+#include "infer/sampler.h"
 #include "tests/infer_testing.h"
 #include "tests/emu/kernel_test.h"
 

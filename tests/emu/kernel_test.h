@@ -21,7 +21,7 @@
 #include "tests/testing.h"
 
 #if defined(SCMOE_SIMT_EMU)
-#include "tests/emu/simt.h"
+#include "kernels/cuda/emu/simt.h"
 #else
 #include <cuda_runtime.h>
 #endif

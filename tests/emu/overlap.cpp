@@ -1,5 +1,5 @@
 // The overlapped schedule on the CUDA backend, proved without a GPU. Under the SIMT emulation every
-// stream is a thread with random delays before its work (tests/emu/async_runtime.h), so a missing
+// stream is a thread with random delays before its work (kernels/cuda/emu/async_runtime.h), so a missing
 // cudaStreamWaitEvent shows as a wrong result. One executable, several ctest entries (tests/emu/
 // overlap.cmake):
 //   1rank      overlapped (a communication stream, ordered by events; comm.overlap true) == sequential
@@ -30,9 +30,10 @@
 #include "core/trace.h"
 #include "model/cuda_models.h"
 #include "optim/adamw.h"
+#include "train/config.h"
 #include "tests/emu/kernel_test.h"
 #if defined(SCMOE_SIMT_EMU)
-#include "tests/emu/async_runtime.h"
+#include "kernels/cuda/emu/async_runtime.h"
 #elif defined(SCMOE_HAVE_NCCL)
 #include "comm/nccl_communicator.h"
 #endif

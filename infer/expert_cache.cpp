@@ -1,8 +1,8 @@
 // The per-layer expert cache's instantiations and counters (see expert_cache.h).
-#include "model/expert_cache.h"
+#include "infer/expert_cache.h"
 
 #include "core/check.h"
-#include "model/expert_cache_impl.h"
+#include "infer/expert_cache_impl.h"
 
 namespace scmoe {
 

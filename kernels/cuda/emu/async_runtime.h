@@ -1,4 +1,4 @@
-// An asynchronous CUDA runtime for the SIMT emulation (DESIGN.md section 5, "Stream ordering without a
+// An asynchronous CUDA runtime for the SIMT emulation (docs/design.md section 5, "Stream ordering without a
 // GPU"): what kernels/cuda/runtime.h's calls do when the CUDA backend is compiled as host C++.
 //   streams  a worker thread each, running its queue in order: kernels (on the stream's thread, whose
 //            emulator state is its own), copies, host functions, event markers and waits;

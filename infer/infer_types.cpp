@@ -1,6 +1,7 @@
-// The CPU backend's generators: Generator<Cpu<float>> and Generator<Cpu<double>> (definitions in
-// infer_impl.h), and the migration setting's parser.
-#include "model/infer_impl.h"
+// The migration setting's parser (infer/infer_types.h), shared by the generators of both backends.
+#include "infer/infer_types.h"
+
+#include "core/check.h"
 
 namespace scmoe {
 
@@ -11,8 +12,5 @@ Migration parse_migration(const std::string& s) {
               "inference.migration: expected async|blocking|speculative, got '" << s << "'");
   return Migration::speculative;
 }
-
-template class Generator<Cpu<float>>;
-template class Generator<Cpu<double>>;
 
 }  // namespace scmoe

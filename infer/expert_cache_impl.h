@@ -8,7 +8,7 @@
 #include <string>
 
 #include "core/check.h"
-#include "model/expert_cache.h"
+#include "infer/expert_cache.h"
 
 namespace scmoe {
 

@@ -1,6 +1,6 @@
 // Sampling (see sampler.h). Probabilities in double whatever T; candidates are ordered by logit then
 // by id, so ties and filters are deterministic.
-#include "model/sampler.h"
+#include "infer/sampler.h"
 
 #include <algorithm>
 #include <cmath>

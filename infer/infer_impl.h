@@ -1,5 +1,5 @@
 // Generator<B>'s member definitions (see infer.h), for the translation units that instantiate it:
-// infer.cpp (the CPU backend) and model/cuda_models.cu (the CUDA backend). Each position runs the
+// infer.cpp (the CPU backend) and infer/cuda_infer.cu (the CUDA backend). Each position runs the
 // stages of the training forward for one row, in the order of the overlapped schedule: a routed
 // branch's gate runs as soon as its input (the tap) exists, its experts just before the block's output
 // is summed.
@@ -8,8 +8,8 @@
 #include <numeric>
 
 #include "core/check.h"
-#include "model/expert_cache_impl.h"
-#include "model/infer.h"
+#include "infer/expert_cache_impl.h"
+#include "infer/infer.h"
 
 namespace scmoe {
 

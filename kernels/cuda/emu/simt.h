@@ -1,4 +1,4 @@
-// SIMT emulation: compiles CUDA kernel source as host C++ and runs it on the CPU (DESIGN.md section 5).
+// SIMT emulation: compiles CUDA kernel source as host C++ and runs it on the CPU (docs/design.md section 5).
 // Each block's threads are fibers (ucontext) that run until a barrier (__syncthreads) or a warp
 // collective (__shfl_*_sync, __ballot_sync, __syncwarp) and are then resumed in a freshly shuffled
 // order, some of them a round late; blocks also run in a shuffled order. A kernel that forgets a barrier reads data another

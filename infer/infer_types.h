@@ -1,5 +1,5 @@
-// What the CPU generator (model/infer.h) and the CUDA one (model/infer_cuda.h) share: when expert
-// copies start, and the device memory they account for.
+// The generator's plain types (infer/infer.h, on either backend): when expert copies start, the device
+// memory they account for, the KV cache's window.
 #pragma once
 #include <cstddef>
 #include <cstdint>

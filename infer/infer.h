@@ -6,7 +6,7 @@
 // slides: the newest seq_len/2 tokens are recomputed into an empty cache and generation goes on.
 //
 // With inference.offload_experts, routed experts stay in (pinned) host memory and each MoE layer
-// computes from a cache of slots fed over the backend's host-to-device link (model/expert_cache.h:
+// computes from a cache of slots fed over the backend's host-to-device link (infer/expert_cache.h:
 // a copy thread on the CPU, optionally simulating a bandwidth; cudaMemcpyAsync on a copy stream on
 // CUDA) instead of the resident weights; the bytes are the same, so the outputs are bit-identical to
 // the resident model. inference.migration picks when a copy starts:
@@ -26,10 +26,10 @@
 #include <vector>
 
 #include "core/arena.h"
-#include "model/expert_cache.h"
+#include "infer/expert_cache.h"
 #include "model/gpt.h"
-#include "model/infer_types.h"
-#include "train/config.h"
+#include "infer/infer_types.h"
+#include "core/config.h"
 
 namespace scmoe {
 

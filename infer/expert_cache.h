@@ -109,7 +109,7 @@ size_t slot_bytes_of(const std::vector<std::unique_ptr<ExpertCache<T>>>& caches)
   return n;
 }
 
-// Definitions in model/expert_cache_impl.h: expert_cache.cpp instantiates float and double, the CUDA
+// Definitions in infer/expert_cache_impl.h: expert_cache.cpp instantiates float and double, the CUDA
 // generator its bf16 storage type.
 extern template class ExpertCache<float>;
 extern template class ExpertCache<double>;
