@@ -1,6 +1,6 @@
 // The model on the CUDA backend: GPT<cuda::Cuda<float|bf16>>, the same code as the CPU backend's
 // (model/gpt.h), instantiated in model/cuda_models.cu, which is built twice like the kernels: natively,
-// and under the SIMT emulation for the emulated whole-model tests (tests/emu/). The generator's CUDA
+// and under the SIMT emulation for the emulated whole-model tests (tests/model/emu/). The generator's CUDA
 // instantiations are infer/cuda_infer.*.
 #pragma once
 #include "kernels/cuda/backend.h"

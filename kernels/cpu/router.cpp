@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/check.h"
+#include "kernels/expert_bias_rule.h"
 
 namespace scmoe::cpu {
 
@@ -183,20 +184,7 @@ void router_backward(T* dlogits, const T* dgate, const T* logits, const T* probs
 }
 
 void expert_bias_update(float* bias, int64_t* load, int E, double rate, bool center) {
-  double mean = 0;
-  for (int e = 0; e < E; e++) mean += double(load[e]);
-  mean /= E;
-  for (int e = 0; e < E; e++) {
-    const double d = mean - double(load[e]);
-    bias[e] = float(double(bias[e]) + rate * double((d > 0) - (d < 0)));
-  }
-  if (center) {
-    double m = 0;
-    for (int e = 0; e < E; e++) m += double(bias[e]);
-    m /= E;
-    for (int e = 0; e < E; e++) bias[e] = float(double(bias[e]) - m);
-  }
-  for (int e = 0; e < E; e++) load[e] = 0;
+  apply_expert_bias_rule(bias, load, E, rate, center);
 }
 
 void add_counts(int64_t* load, const int64_t* counts, int E) {

@@ -5,6 +5,7 @@
 // warp per row.
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/router.h"
+#include "kernels/expert_bias_rule.h"
 
 SCMOE_CUDA_BEGIN
 
@@ -371,21 +372,7 @@ void router_backward(T* dlogits, const float* dgate, const T* logits, const floa
 
 // The expert bias after a step, and the step's loads (cpu::expert_bias_update / add_counts): one thread.
 __global__ void expert_bias_update_kernel(float* bias, int64_t* load, int E, double rate, bool center) {
-  if (threadIdx.x != 0 || blockIdx.x != 0) return;
-  double mean = 0;
-  for (int e = 0; e < E; e++) mean += double(load[e]);
-  mean /= E;
-  for (int e = 0; e < E; e++) {
-    const double d = mean - double(load[e]);
-    bias[e] = float(double(bias[e]) + rate * double((d > 0) - (d < 0)));
-  }
-  if (center) {
-    double m = 0;
-    for (int e = 0; e < E; e++) m += double(bias[e]);
-    m /= E;
-    for (int e = 0; e < E; e++) bias[e] = float(double(bias[e]) - m);
-  }
-  for (int e = 0; e < E; e++) load[e] = 0;
+  if (threadIdx.x == 0 && blockIdx.x == 0) apply_expert_bias_rule(bias, load, E, rate, center);
 }
 __global__ void add_counts_kernel(int64_t* load, const int64_t* counts, int E) {
   for (int e = threadIdx.x; e < E; e += blockDim.x) load[e] += counts[e];
