@@ -35,11 +35,12 @@ int main() {
 #include <vector>
 
 #include "core/check.h"
+#include "core/params.h"
 #include "core/rng.h"
 #include "kernels/cuda/adamw.h"
-#include "kernels/cuda/device_memory.h"
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/crossentropy.h"
+#include "kernels/cuda/device_memory.h"
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/encoder.h"
 #include "kernels/cuda/gates.h"
@@ -48,7 +49,6 @@ int main() {
 #include "kernels/cuda/norm.h"
 #include "kernels/cuda/permute.h"
 #include "kernels/cuda/router.h"
-#include "core/params.h"
 #include "train/config.h"
 
 namespace cu = scmoe::cuda;

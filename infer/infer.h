@@ -26,10 +26,10 @@
 #include <vector>
 
 #include "core/arena.h"
-#include "infer/expert_cache.h"
-#include "model/gpt.h"
-#include "infer/infer_types.h"
 #include "core/config.h"
+#include "infer/expert_cache.h"
+#include "infer/infer_types.h"
+#include "model/gpt.h"
 
 namespace scmoe {
 

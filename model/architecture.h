@@ -10,8 +10,8 @@
 #include <string>
 #include <vector>
 
-#include "core/params.h"
 #include "core/config.h"
+#include "core/params.h"
 
 namespace scmoe {
 

@@ -11,8 +11,8 @@
 #pragma once
 #include <cstdint>
 #include <map>
-#include <utility>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/params.h"

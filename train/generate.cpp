@@ -14,8 +14,8 @@
 
 #include "core/check.h"
 #include "data/tokenizer.h"
-#include "model/architecture.h"
 #include "infer/infer.h"
+#include "model/architecture.h"
 #include "train/backend_select.h"
 #include "train/checkpoint.h"
 #include "train/checkpoint_dir.h"

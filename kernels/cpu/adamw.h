@@ -6,8 +6,8 @@
 #include <cstdint>
 #include <vector>
 
-#include "core/params.h"
 #include "core/config.h"
+#include "core/params.h"
 
 namespace scmoe::cpu {
 

@@ -5,9 +5,9 @@
 #include <cstdint>
 #include <vector>
 
-#include "kernels/cuda/abi.h"
-#include "core/params.h"
 #include "core/config.h"
+#include "core/params.h"
+#include "kernels/cuda/abi.h"
 
 SCMOE_CUDA_BEGIN
 

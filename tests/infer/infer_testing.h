@@ -7,9 +7,9 @@
 
 #include "core/rng.h"
 #include "infer/expert_cache.h"
-#include "model/gpt.h"
 #include "infer/infer_types.h"
 #include "infer/sampler.h"
+#include "model/gpt.h"
 #include "train/config.h"
 
 namespace scmoe::infer_testing {

@@ -10,9 +10,9 @@
 #include <vector>
 
 #include "core/rng.h"
-#include "model/gpt.h"
 #include "infer/infer.h"
 #include "infer/sampler.h"
+#include "model/gpt.h"
 #include "tests/infer/infer_testing.h"
 #include "tests/testing.h"
 

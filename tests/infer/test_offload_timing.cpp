@@ -10,8 +10,8 @@
 #include <string>
 #include <vector>
 
-#include "model/gpt.h"
 #include "infer/infer.h"
+#include "model/gpt.h"
 #include "train/config.h"
 #include "tests/testing.h"
 

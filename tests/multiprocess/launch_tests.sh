@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Tests of the torchrun-like launcher train/launch (registered in tests/multiprocess/launch.cmake):
+# Tests of the torchrun-like launcher train/launch (registered in tests/multiprocess/multiprocess.cmake):
 #   launch_tests.sh SOURCE_DIR CASE
 # Each case works in its own scratch directory and fails with a message saying what was expected.
 # The stand-in ranks are tests/launch_fixtures/rank.sh (modes documented there) and chatter.py.

@@ -1,5 +1,15 @@
-# Multi-process end-to-end tests of the train binary through train/launch on loopback
-# (tests/multiprocess/multiprocess_tests.sh holds the cases; each runs in its own scratch directory mp_test_CASE).
+# The multiprocess group. First the torchrun-like launcher train/launch itself (launch_tests.sh holds the
+# cases; the stand-in ranks are in launch_fixtures/), each case in its own scratch directory
+# launch_test_CASE.
+foreach(case env usage exit1 sigkill sigterm sigint hang output)
+  add_test(NAME launch_${case}
+           COMMAND bash ${CMAKE_CURRENT_LIST_DIR}/launch_tests.sh ${CMAKE_SOURCE_DIR} ${case})
+  set_tests_properties(launch_${case} PROPERTIES LABELS "unit;multiprocess" TIMEOUT 120
+                       WORKING_DIRECTORY ${CMAKE_CURRENT_BINARY_DIR})
+endforeach()
+
+# Then the train binary end to end on several ranks through train/launch on loopback
+# (multiprocess_tests.sh holds the cases; each runs in its own scratch directory mp_test_CASE).
 find_program(SCMOE_PYTHON3 NAMES python3)
 if(NOT SCMOE_PYTHON3)
   message(STATUS "python3 not found: multi-process training tests skipped")
