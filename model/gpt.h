@@ -88,8 +88,8 @@ class GPT {
   const T* host_experts() const { return host_experts_.get(); }
   const std::vector<std::vector<size_t>>& expert_offsets() const { return expert_offsets_; }
 
-  // Auxiliary losses (coefficient-weighted router balance, z and sequence-level losses) of the last forward, summed over
-  // MoE layers; they are part of the training objective but not of the reported cross-entropy.
+  // Auxiliary losses (coefficient-weighted router balance, z and sequence-level losses) of the last
+  // forward, summed over MoE layers; part of the training objective, not of the reported cross-entropy.
   double aux_loss();
   // (layer index, statistics of its last forward) for every MoE layer (waits for the streams).
   std::vector<std::pair<int, MoeStats>> moe_stats();
