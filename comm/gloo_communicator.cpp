@@ -104,6 +104,37 @@ void with_scalar_type(DType t, F&& f) {
   SCMOE_FAIL("unknown DType " << static_cast<int>(t));
 }
 
+// Keeps p alive until the process exits (reachable, so not reported as a leak).
+void keep_until_exit(std::shared_ptr<void> p) {
+  static std::mutex m;
+  static auto* kept = new std::vector<std::shared_ptr<void>>;
+  std::lock_guard<std::mutex> lock(m);
+  kept->push_back(std::move(p));
+}
+
+// A Gloo collective's options, which own the buffers it registers with the transport. When a peer
+// fails, Gloo's I/O thread signals the error to every pending buffer of the pair
+// (UnboundBuffer::signalException) while the waiting thread is already unwinding, and a buffer's
+// destructor does not wait for that thread: freeing the options then is a use after free inside Gloo
+// (ThreadSanitizer reported it in CI as pthread_cond_destroy against pthread_cond_broadcast). A
+// communicator whose collective failed is finished, so a failed collective's options are kept, not freed.
+template <class Options>
+class GlooOptions {
+ public:
+  explicit GlooOptions(const std::shared_ptr<gloo::Context>& ctx) : opts_(std::make_shared<Options>(ctx)) {}
+  GlooOptions(const GlooOptions&) = delete;
+  GlooOptions& operator=(const GlooOptions&) = delete;
+  ~GlooOptions() {
+    if (std::uncaught_exceptions() > unwinding_) keep_until_exit(std::move(opts_));
+  }
+  Options* operator->() { return opts_.get(); }
+  Options& operator*() { return *opts_; }
+
+ private:
+  std::shared_ptr<Options> opts_;
+  int unwinding_ = std::uncaught_exceptions();  // exceptions in flight when the collective began
+};
+
 // One side of an all_to_all_v in bytes: per-peer counts and offsets into the buffer.
 struct ByteSplits {
   std::vector<size_t> count, offset;
@@ -206,12 +237,13 @@ class GlooCommunicator : public Communicator {
     run("all_reduce_sum", tag, s, [=] {
       with_scalar_type(t, [&](auto zero) {
         using T = decltype(zero);
-        gloo::AllreduceOptions opts(ctx_);
-        opts.setOutput(static_cast<T*>(buf), count);  // no input: reduces in place
-        opts.setReduceFunction(static_cast<void (*)(void*, const void*, const void*, size_t)>(&gloo::sum<T>));
-        opts.setTag(tag);
-        opts.setTimeout(timeout_);
-        gloo::allreduce(opts);
+        GlooOptions<gloo::AllreduceOptions> opts(ctx_);
+        opts->setOutput(static_cast<T*>(buf), count);  // no input: reduces in place
+        opts->setReduceFunction(
+            static_cast<void (*)(void*, const void*, const void*, size_t)>(&gloo::sum<T>));
+        opts->setTag(tag);
+        opts->setTimeout(timeout_);
+        gloo::allreduce(*opts);
       });
     });
   }
@@ -222,12 +254,12 @@ class GlooCommunicator : public Communicator {
     const size_t chunk = count_per_rank * dtype_size(t);
     if (chunk == 0) return;
     run("all_to_all", tag, s, [=] {
-      gloo::AlltoallOptions opts(ctx_);
-      opts.setInput(const_cast<char*>(static_cast<const char*>(send)), chunk * world_);  // only read
-      opts.setOutput(static_cast<char*>(recv), chunk * world_);
-      opts.setTag(tag);
-      opts.setTimeout(timeout_);
-      gloo::alltoall(opts);
+      GlooOptions<gloo::AlltoallOptions> opts(ctx_);
+      opts->setInput(const_cast<char*>(static_cast<const char*>(send)), chunk * world_);  // only read
+      opts->setOutput(static_cast<char*>(recv), chunk * world_);
+      opts->setTag(tag);
+      opts->setTimeout(timeout_);
+      gloo::alltoall(*opts);
       simulate_link_delay(chunk * (world_ - 1));
     });
   }
@@ -252,12 +284,12 @@ class GlooCommunicator : public Communicator {
     const size_t bytes = count * dtype_size(t);
     if (bytes == 0) return;
     run("all_gather", tag, s, [=] {
-      gloo::AllgatherOptions opts(ctx_);
-      opts.setInput(const_cast<char*>(static_cast<const char*>(send)), bytes);  // only read
-      opts.setOutput(static_cast<char*>(recv), bytes * world_);
-      opts.setTag(tag);
-      opts.setTimeout(timeout_);
-      gloo::allgather(opts);
+      GlooOptions<gloo::AllgatherOptions> opts(ctx_);
+      opts->setInput(const_cast<char*>(static_cast<const char*>(send)), bytes);  // only read
+      opts->setOutput(static_cast<char*>(recv), bytes * world_);
+      opts->setTag(tag);
+      opts->setTimeout(timeout_);
+      gloo::allgather(*opts);
     });
   }
 
@@ -267,22 +299,22 @@ class GlooCommunicator : public Communicator {
     const size_t bytes = count * dtype_size(t);
     if (bytes == 0) return;
     run("broadcast", tag, s, [=] {
-      gloo::BroadcastOptions opts(ctx_);
-      opts.setOutput(static_cast<char*>(buf), bytes);  // the root sends from it, the others receive into it
-      opts.setRoot(root);
-      opts.setTag(tag);
-      opts.setTimeout(timeout_);
-      gloo::broadcast(opts);
+      GlooOptions<gloo::BroadcastOptions> opts(ctx_);
+      opts->setOutput(static_cast<char*>(buf), bytes);  // the root sends from it, the others receive into it
+      opts->setRoot(root);
+      opts->setTag(tag);
+      opts->setTimeout(timeout_);
+      gloo::broadcast(*opts);
     });
   }
 
   void barrier(Stream* s) override {
     const uint32_t tag = next_tag();
     run("barrier", tag, s, [=] {
-      gloo::BarrierOptions opts(ctx_);
-      opts.setTag(tag);
-      opts.setTimeout(timeout_);
-      gloo::barrier(opts);
+      GlooOptions<gloo::BarrierOptions> opts(ctx_);
+      opts->setTag(tag);
+      opts->setTimeout(timeout_);
+      gloo::barrier(*opts);
     });
   }
 
@@ -356,12 +388,12 @@ class GlooCommunicator : public Communicator {
       out_stage.resize(out.total());
       dst = out_stage.data();
     }
-    gloo::AlltoallvOptions opts(ctx_);
-    opts.setInput(const_cast<char*>(send), in.counts_i64());  // only read
-    opts.setOutput(dst, out.counts_i64());
-    opts.setTag(tag);
-    opts.setTimeout(timeout_);
-    gloo::alltoallv(opts);
+    GlooOptions<gloo::AlltoallvOptions> opts(ctx_);
+    opts->setInput(const_cast<char*>(send), in.counts_i64());  // only read
+    opts->setOutput(dst, out.counts_i64());
+    opts->setTag(tag);
+    opts->setTimeout(timeout_);
+    gloo::alltoallv(*opts);
     if (!out.packed())
       for (size_t r = 0, at = 0; r < out.count.size(); at += out.count[r], ++r)
         if (out.count[r]) std::memcpy(recv + out.offset[r], out_stage.data() + at, out.count[r]);

@@ -13,6 +13,7 @@
 #                                 would be reported as races. Left out: test_moe_dispatch (it forces two
 #                                 OpenMP threads to test thread-count independence, hence exactly those
 #                                 false reports) and train_learns (200 steps; minutes under TSan).
+#                                 Races inside libraries we do not build: scripts/tsan_suppressions.txt.
 # Extra arguments go to ctest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,7 +25,7 @@ case $mode in
            export ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 OMP_WAIT_POLICY=passive ;;
   thread)  dir=build-tsan option=-DSCMOE_TSAN=ON
            tests=(-L "unit|tsan" -E "test_moe_dispatch|train_learns") jobs=1  # timing-sensitive tests, 5-15x slower
-           export TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" OMP_NUM_THREADS=1 ;;
+           export TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$PWD/scripts/tsan_suppressions.txt" OMP_NUM_THREADS=1 ;;
   *) echo "usage: scripts/sanitize.sh [address|thread] [ctest args]" >&2; exit 2 ;;
 esac
 if [[ ! -f $dir/build.ninja ]]; then
