@@ -48,7 +48,7 @@ struct MoeConfig {
 struct ScmoeConfig {
   int position = 2;                 // 1 | 2 | 3
   std::string combine = "cg1";      // add | cg1 | cg2
-  std::string expert_slot = "auto"; // auto | 1 | 2 | 3 | 4
+  std::string expert_slot = "auto";  // auto | 1 .. 3 (Pos-1), 4 (Pos-2), 5 (Pos-3)
 };
 
 struct OptimConfig {

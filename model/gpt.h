@@ -78,6 +78,16 @@ class GPT {
   size_t num_params() const { return table().count(); }
   size_t param_bytes() const { return param_bytes_; }
   size_t activation_bytes() const { return arena_.bytes(); }
+  // What training this model takes in the backend's memory: its weights and gradients, AdamW's two
+  // moments per parameter and the activation arena. Recorded with the backend before the arena is
+  // allocated, so that running out of device memory from then on quotes it; the trainer prints it.
+  struct MemoryUse {
+    size_t weights = 0, optimizer = 0, activations = 0;
+    size_t total() const { return weights + optimizer + activations; }
+    // "weights and gradients 1.2 MiB, AdamW state 2.4 MiB, activations 3.0 MiB"
+    std::string describe() const;
+  };
+  const MemoryUse& memory_use() const { return memory_; }
   int micro_batch() const { return B_; }
   int top_k() const { return arch_.k; }  // routed experts per token (resolved default)
   const ModelConfig& model_config() const { return mc_; }
@@ -149,6 +159,7 @@ class GPT {
   typename B::template PinnedArray<T> host_experts_;  // offloaded routed experts (pinned host memory)
   std::vector<std::vector<size_t>> expert_offsets_;
   size_t param_bytes_ = 0;
+  MemoryUse memory_;
   std::vector<Block<B>> blocks_;
   Norm<B> lnf_;
   // The schedule: action lists, their measured times (ms, accumulated), the routed branches, and

@@ -44,6 +44,10 @@ GPT<B>::GPT(const Config& cfg, int micro_batch, Communicator* comm, Options opt)
 
   arena_.begin_measure();
   alloc_activations(arena_);
+  memory_.weights = param_bytes_;
+  memory_.optimizer = training_ ? 2 * table().total() * sizeof(G) : 0;
+  memory_.activations = arena_.bytes();
+  B::record_memory_estimate(memory_.total(), memory_.describe());
   arena_mem_ = typename B::template Array<char>(arena_.bytes(), "the activation arena");
   arena_.place_measured(arena_mem_.get());
   alloc_activations(arena_);
@@ -81,7 +85,13 @@ GPT<B>::GPT(const Config& cfg, int micro_batch, Communicator* comm, Options opt)
     BranchTap t;
     t.block = l, t.norm_of_input = b.tap == TapKind::norm_of_input, t.src = b.tap_src;
     t.overlap = overlap;
-    t.slot = auto_slot_ || !overlap ? 4 : std::stoi(slot);
+    // auto times the first steps with the experts after every unit, then picks K (tune_slots).
+    const int last = last_slot(mc_.n_layer, t);
+    SCMOE_CHECK(!scmoe || slot == "auto" || std::stoi(slot) <= last,
+                "scmoe.expert_slot " << slot << ": the routed branch of block " << l << " (scmoe.position "
+                                     << cfg.scmoe.position << ") overlaps " << last - 1
+                                     << " backbone units, so its expert slot is auto or 1.." << last);
+    t.slot = overlap && slot != "auto" ? std::stoi(slot) : last;
     t.deferred_post = !B::kHostMemory && !d.fixed;  // a device reads the counts of a packed dispatch
     branches_.push_back(t);
   }
@@ -147,6 +157,14 @@ void GPT<B>::lay_out_weights(const Options& opt) {
   weights_store_ = typename B::template Array<T>(n, "parameters");
   weights_ = weights_store_.get();
   param_bytes_ = n * sizeof(T);
+}
+
+template <class B>
+std::string GPT<B>::MemoryUse::describe() const {
+  char buf[160];
+  std::snprintf(buf, sizeof buf, "weights and gradients %.1f MiB, AdamW state %.1f MiB, activations %.1f MiB",
+                weights / 1048576.0, optimizer / 1048576.0, activations / 1048576.0);
+  return buf;
 }
 
 template <class B>
@@ -361,8 +379,8 @@ template <class B>
 std::string GPT<B>::tune_slots(int steps_seen) {
   if (auto_slot_) steps_timed_ = steps_seen;
   if (!auto_slot_ || steps_seen != kAutoSlotSteps) return "";
-  // The paper's Eq. 11 on the times measured so far (all with K = 4, where the dispatch overlaps every
-  // unit): pick K minimising |sum_{i<K} comp_i - T_dispatch| + |sum_{i>=K} comp_i - T_combine|.
+  // The paper's Eq. 11 on the times measured so far (all with the last K, where the dispatch overlaps
+  // every unit): pick K minimising |sum_{i<K} comp_i - T_dispatch| + |sum_{i>=K} comp_i - T_combine|.
   std::string log;
   for (BranchTap& t : branches_) {
     if (!t.overlap) continue;

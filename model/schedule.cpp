@@ -38,6 +38,11 @@ int units_between(const std::vector<Action>& plan, int block, bool backward) {
   return n;
 }
 
+int last_slot(int n_layer, BranchTap t) {
+  t.overlap = true;
+  return units_between(forward_plan(n_layer, {t}), t.block, false) + 1;
+}
+
 std::vector<Action> forward_plan(int n_layer, const std::vector<BranchTap>& branches) {
   std::vector<Action> p;
   for (int j = 0; j < n_layer; j++) p.insert(p.end(), {{Op::attn, j}, {Op::ffn, j}, {Op::out, j}});

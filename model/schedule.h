@@ -46,6 +46,10 @@ std::vector<Action> backward_plan(int n_layer, const std::vector<BranchTap>& bra
 // Backbone units between a branch's begin and finish in a plan, as the slot counts them.
 int units_between(const std::vector<Action>& plan, int block, bool backward);
 
+// A branch's largest expert slot when overlapped: one past its last backbone unit, the experts after all
+// of them (Pos-1: 3, Pos-2: 4, Pos-3: 5).
+int last_slot(int n_layer, BranchTap t);
+
 std::string describe(const std::vector<Action>& plan);  // "attn0 ffn0 out0 begin1 ..." for logs and tests
 
 }  // namespace scmoe

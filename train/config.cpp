@@ -111,8 +111,9 @@ const Key kKeys[] = {
         "routed experts' input: 1 preceding block's output, 2 inside it (after attention), 3 its input"),
     KEY(scmoe.combine, one_of("add|cg1|cg2"),
         "shared-expert weighting: add (1), cg1 (sigmoid gate), cg2 (softmax with the routed output)"),
-    KEY(scmoe.expert_slot, one_of("auto|1|2|3|4"),
-        "where the expert computation is issued in the overlapped schedule; auto: from measured op times"),
+    KEY(scmoe.expert_slot, one_of("auto|1|2|3|4|5"),
+        "where the expert computation is issued in the overlapped schedule, 1 to the backbone units it "
+        "overlaps + 1 (Pos-1: 3, Pos-2: 4, Pos-3: 5); auto: from measured op times"),
     KEY(optim.lr, above(0), "peak learning rate (AdamW)"),
     KEY(optim.weight_decay, at_least(0), "decoupled weight decay (AdamW)"),
     KEY(optim.beta1, unit_open(), "AdamW first-moment decay"),

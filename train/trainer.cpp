@@ -149,13 +149,14 @@ void Trainer<B>::setup() {
   inputs_.resize(size_t(tc.batch_size) * cfg_.model.seq_len);
   targets_.resize(inputs_.size());
   if (on_device)
-    log_info("model: %s, %zu parameters (%.2f M) on cuda, precision %s, device memory %.1f MiB (weights, "
-             "gradients, AdamW state %.1f MiB; activations %.1f MiB for micro-batch %d x %d); %s",
-             cfg_.model.arch.c_str(), model_->num_params(), model_->num_params() / 1e6, tc.precision.c_str(),
-             (model_->param_bytes() + 2 * model_->table().total() * sizeof(G) + model_->activation_bytes()) / 1048576.0,
-             (model_->param_bytes() + 2 * model_->table().total() * sizeof(G)) / 1048576.0,
-             model_->activation_bytes() / 1048576.0, tc.batch_size, cfg_.model.seq_len,
-             model_->overlapped() ? "MoE exchanges on a communication stream, overlapped" : "MoE exchanges in order");
+    log_info(
+        "model: %s, %zu parameters (%.2f M) on cuda, precision %s, device memory %.1f MiB (%s for "
+        "micro-batch %d x %d); %s",
+        cfg_.model.arch.c_str(), model_->num_params(), model_->num_params() / 1e6, tc.precision.c_str(),
+        model_->memory_use().total() / 1048576.0, model_->memory_use().describe().c_str(), tc.batch_size,
+        cfg_.model.seq_len,
+        model_->overlapped() ? "MoE exchanges on a communication stream, overlapped"
+                             : "MoE exchanges in order");
   else
     log_info("model: %s, %zu parameters (%.2f M), activations %.1f MiB for micro-batch %d x %d, dtype %s, %d threads",
              cfg_.model.arch.c_str(), model_->num_params(), model_->num_params() / 1e6,

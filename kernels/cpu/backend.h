@@ -100,6 +100,9 @@ class Cpu {
     if (s) s->enqueue([=] { std::memmove(dst, src, bytes); });
     else std::memmove(dst, src, bytes);
   }
+  // Host allocations name themselves when they fail; only a device's out-of-memory message quotes the
+  // model's start-up estimate.
+  static void record_memory_estimate(size_t /*bytes*/, const std::string& /*breakdown*/) {}
   void reserve(const KernelShapes&) {}  // the CPU kernels need no scratch of the backend's
 
   // ---- streams ---------------------------------------------------------------------------------------

@@ -119,6 +119,10 @@ class Cuda {
     SCMOE_CHECK(s, "cuda backend: a device copy needs a stream");
     memcpy_async(dst, src, bytes, CopyKind::device_to_device, static_cast<cudaStream_t>(s->native_handle()));
   }
+  // The model's start-up estimate, quoted by every later out-of-device-memory error (device_memory.h).
+  static void record_memory_estimate(size_t bytes, const std::string& breakdown) {
+    set_memory_estimate(bytes, breakdown);
+  }
   // Sizes the scratch the kernels need (workspaces of the deterministic reductions) for these shapes.
   void reserve(const KernelShapes& sh) {
     const int N = sh.B * sh.Tn, hd = sh.C / std::max(sh.H, 1);

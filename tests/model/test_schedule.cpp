@@ -42,6 +42,12 @@ int main() {
   p3.norm_of_input = true, p3.src = 0;
   CHECK(fwd(2, p3) == "begin1 attn0 ffn0 out0 compute1 attn1 ffn1 finish1 out1");
   CHECK(units_between(forward_plan(2, {p3}), 1, false) == 4);
+  // The last slot (experts after every unit), whatever the branch's own slot and overlap.
+  BranchTap seq2 = pos2(1);
+  seq2.overlap = false;
+  CHECK(last_slot(2, p1) == 3 && last_slot(2, seq2) == 4 && last_slot(2, p3) == 5);
+  p3.slot = 5;
+  CHECK(fwd(2, p3) == "begin1 attn0 ffn0 out0 attn1 ffn1 compute1 finish1 out1");
   // Sequential (standard MoE, or overlap off): the three phases back to back.
   BranchTap seq = pos2(2);
   seq.overlap = false;

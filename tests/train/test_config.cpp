@@ -208,8 +208,8 @@ void test_type_errors() {
   CHECK_THROWS_WITH(parse("optim:\n  beta1: 1\n"), "t.yaml: optim.beta1: expected a number in [0, 1), got 1");
   CHECK_THROWS_WITH(parse("optim:\n  eps: 0\n"), "optim.eps: expected a number > 0, got 0");
   CHECK_THROWS_WITH(parse("scmoe:\n  position: 4\n"), "scmoe.position: expected an integer in [1, 3], got 4");
-  CHECK_THROWS_WITH(parse("scmoe:\n  expert_slot: 5\n"),
-                    "scmoe.expert_slot: expected one of auto|1|2|3|4, got '5'");
+  CHECK_THROWS_WITH(parse("scmoe:\n  expert_slot: 6\n"),
+                    "scmoe.expert_slot: expected one of auto|1|2|3|4|5, got '6'");
   CHECK_THROWS_WITH(parse("train:\n  seed: -1\n"), "train.seed: expected an integer >= 0, got '-1'");
   CHECK_THROWS_WITH(parse("train:\n  out_dir: ''\n"), "train.out_dir: expected a non-empty string, got ''");
   CHECK_THROWS_WITH(parse("checkpoint:\n  keep: 0\n"), "checkpoint.keep: expected an integer >= 1, got 0");

@@ -188,6 +188,12 @@ bad_inputs)
     --set model.n_head=1 --set train.out_dir=r5
   expect_error "out of host memory: the activation arena needs" "${TINY[@]}" --set model.seq_len=4000000 \
     --set train.batch_size=64 --set train.out_dir=r6
+  # An expert slot past the branch's last backbone unit (Pos-2 has 3: slots 1..4); Pos-3 has a fifth.
+  scmoe=(--set model.arch=scmoe --set moe.num_experts=4 --set model.n_layer=2 --set train.max_steps=1)
+  expert_slot_error="scmoe.expert_slot 5: the routed branch of block 1 (scmoe.position 2) overlaps 3 backbone units, so its expert slot is auto or 1..4"
+  expect_error "$expert_slot_error" "${TINY[@]}" "${scmoe[@]}" --set scmoe.position=2 --set scmoe.expert_slot=5 --set train.out_dir=r7
+  "$TRAIN" "${TINY[@]}" "${scmoe[@]}" --set scmoe.position=3 --set scmoe.expert_slot=5 --set comm.simulate_link.latency_us=50 --set train.out_dir=r8 >out.txt 2>&1 ||
+    fail "Pos-3 with expert slot 5: $(cat out.txt)"
   echo "all documented errors seen"
   ;;
 overlap_identical_*)

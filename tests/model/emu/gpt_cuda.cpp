@@ -175,8 +175,31 @@ void check(const Case& c) {
 
 }  // namespace
 
+// Running out of device memory while the model is built: the error names the allocation and quotes the
+// start-up estimate the model recorded before allocating its activations (the first model of the
+// process, so that no earlier estimate can stand in for it). A 1 TiB arena (the logits of 4M tokens x
+// 65,536 words) exceeds any device, and the emulated one, the host's memory.
+void check_out_of_memory() {
+  const Config cfg =
+      load_config("", {"model.arch=dense", "model.n_layer=1", "model.d_model=32", "model.n_head=2",
+                       "model.d_ff=40", "model.seq_len=16", "model.vocab_size=65536"});
+  GpuF::attention_override() = 0;
+  std::string error;
+  try {
+    GPT<GpuF> too_big(cfg, 262144);
+  } catch (const Error& e) {
+    error = e.what();
+  }
+  std::printf("out of memory: %s\n", error.c_str());
+  for (const char* part :
+       {"out of device memory allocating the activation arena", "the start-up estimate was 1.0", " TiB (",
+        "): weights and gradients ", ", AdamW state ", ", activations 10"})
+    CHECK(error.find(part) != std::string::npos);  // 1.0x TiB in all; activations 1,048,576 MiB and more
+}
+
 int main() {
   kt::require_device();
+  check_out_of_memory();
   check({"dense layernorm, GEMM attention", {}, 0});
   check({"dense rmsnorm, flash attention", {"model.norm=rmsnorm"}, 1});
   // The MoE family: 4 experts; aux and z losses weighted up so that their gradients count.
