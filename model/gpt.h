@@ -76,7 +76,6 @@ class GPT {
   T* weights() { return weights_; }
   const T* logits() const { return logits_; }  // [B*T, V] of the last forward (row b*T + t)
   size_t num_params() const { return table().count(); }
-  size_t param_bytes() const { return param_bytes_; }
   size_t activation_bytes() const { return arena_.bytes(); }
   // What training this model takes in the backend's memory: its weights and gradients, AdamW's two
   // moments per parameter and the activation arena. Recorded with the backend before the arena is
